@@ -1,0 +1,84 @@
+"""Continuous-time variance-preserving diffusion in log-SNR λ (paper §2).
+
+Everything is float32 and written in numerically stable forms (log-sigmoid, expm1) so that
+the schedule endpoints λ = ±20 give finite, accurate values.
+"""
+import jax
+import jax.numpy as jnp
+
+LOGSNR_MIN = -20.0
+LOGSNR_MAX = 20.0
+
+
+def logsnr_schedule(u, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
+  """λ(u) = −2 log tan(a·u + b): u = 0 is clean (λ_max), u = 1 is pure noise (λ_min)."""
+  b = jnp.arctan(jnp.exp(-0.5 * logsnr_max))
+  a = jnp.arctan(jnp.exp(-0.5 * logsnr_min)) - b
+  return -2.0 * jnp.log(jnp.tan(a * jnp.asarray(u, jnp.float32) + b))
+
+
+def noise_level_input(logsnr):
+  """The network's view of the noise level, arctan(exp(−λ/2)) / (π/2) ∈ (0, 1)."""
+  return jnp.arctan(jnp.exp(-0.5 * logsnr)) / (0.5 * jnp.pi)
+
+
+def alpha_sigma(logsnr):
+  """α_λ = sqrt(sigmoid(λ)), σ_λ = sqrt(sigmoid(−λ)), via log-sigmoid."""
+  logsnr = jnp.asarray(logsnr, jnp.float32)
+  return (jnp.exp(0.5 * jax.nn.log_sigmoid(logsnr)),
+          jnp.exp(0.5 * jax.nn.log_sigmoid(-logsnr)))
+
+
+def _bcast(a, x):
+  """Per-example coefficients (B,) broadcast against a batch x of shape (B, ...)."""
+  return jnp.reshape(a, jnp.shape(a) + (1,) * (jnp.ndim(x) - jnp.ndim(a)))
+
+
+def diffuse(x, logsnr, eps):
+  """z_λ = α_λ x + σ_λ ε, a sample of q(z_λ | x)."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+
+
+def posterior(z, x, logsnr, logsnr_next):
+  """q(z_λ′ | z_λ, x) for λ < λ′ (λ′ cleaner): returns (mean, log variance).
+
+  μ̃ = e^{λ−λ′}(α_λ′/α_λ) z + (1 − e^{λ−λ′}) α_λ′ x,   σ̃² = (1 − e^{λ−λ′}) σ²_λ′.
+  """
+  alpha, _ = alpha_sigma(logsnr)
+  alpha_next, sigma_next = alpha_sigma(logsnr_next)
+  d = logsnr - logsnr_next                      # < 0
+  mean = (_bcast(jnp.exp(d) * alpha_next / alpha, z) * z
+          + _bcast(-jnp.expm1(d) * alpha_next, x) * x)
+  log_var = jnp.log(-jnp.expm1(d)) + 2.0 * jnp.log(sigma_next)
+  return mean, log_var
+
+
+def forward_log_var(logsnr, logsnr_next):
+  """log σ²_{λ|λ′} = log((1 − e^{λ−λ′}) σ²_λ), the variance of q(z_λ | z_λ′), λ < λ′."""
+  _, sigma = alpha_sigma(logsnr)
+  return jnp.log(-jnp.expm1(logsnr - logsnr_next)) + 2.0 * jnp.log(sigma)
+
+
+def predict_x(z, eps, logsnr):
+  """x̂ = (z − σ ε̂) / α."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return (z - _bcast(sigma, z) * eps) / _bcast(alpha, z)
+
+
+def predict_eps(z, x, logsnr):
+  """ε̂ = (z − α x̂) / σ, the ε consistent with a (possibly clipped) x̂."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return (z - _bcast(alpha, z) * x) / _bcast(sigma, z)
+
+
+def v_target(x, eps, logsnr):
+  """v = α ε − σ x (Salimans & Ho 2022), an optional prediction target."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return _bcast(alpha, x) * eps - _bcast(sigma, x) * x
+
+
+def eps_from_v(z, v, logsnr):
+  """ε = σ z + α v, turning a v-prediction into the ε the samplers consume."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return _bcast(sigma, z) * z + _bcast(alpha, z) * v

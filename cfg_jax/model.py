@@ -1,0 +1,144 @@
+"""ADM-style class-conditional U-Net (Dhariwal & Nichol 2021) in Flax linen.
+
+The class embedding (with one extra row, index `num_classes`, for the null label ∅) is added to
+the noise-level embedding and enters every residual block through scale-shift normalisation.
+Nothing here knows about guidance: the null label is just another class.
+Parameters are float32; activations use `dtype` (bfloat16 on accelerators).
+"""
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cfg_jax import diffusion
+
+
+def _groups(channels, max_groups=32):
+  return math.gcd(channels, max_groups)
+
+
+def timestep_embedding(t, dim, max_period=10_000.0):
+  """Sinusoidal embedding of t ∈ [0, 1] (scaled by 1000, as in ADM's discrete steps)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t[:, None].astype(jnp.float32) * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def _resample(x, factor):
+  b, h, w, c = x.shape
+  if factor > 0:
+    return jax.image.resize(x, (b, h * 2, w * 2, c), 'nearest')
+  return nn.avg_pool(x, (2, 2), (2, 2))
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-SiLU-conv, scale-shift by the embedding, dropout, conv; optional up/down."""
+  out_channels: int
+  dropout: float
+  resample: int = 0        # +1 upsample, -1 downsample, 0 none (BigGAN-style residual)
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, *, train):
+    conv = lambda c, k=3, **kw: nn.Conv(c, (k, k), dtype=self.dtype, **kw)
+    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+    if self.resample:
+      h, x = _resample(h, self.resample), _resample(x, self.resample)
+    h = conv(self.out_channels)(h)
+    scale, shift = jnp.split(nn.Dense(2 * self.out_channels, dtype=self.dtype)(nn.silu(emb)), 2, -1)
+    h = nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h)
+    h = h * (1 + scale[:, None, None]) + shift[:, None, None]
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+    h = conv(self.out_channels, kernel_init=nn.initializers.zeros)(h)
+    if x.shape[-1] != self.out_channels:
+      x = conv(self.out_channels, 1)(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over the spatial positions, residual, zero-initialised output."""
+  head_channels: int = 64
+  num_heads: int = 0       # if > 0, overrides head_channels
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    heads = self.num_heads or max(1, c // self.head_channels)
+    y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=heads, dtype=self.dtype, out_kernel_init=nn.initializers.zeros)(y)
+    return x + y.reshape(b, h, w, c)
+
+
+class UNet(nn.Module):
+  """ε_θ(z, λ, c) (or v_θ, see `prediction` in the config): images (B, H, W, C) → same shape."""
+  num_classes: int
+  channels: int = 128
+  channel_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attention_resolutions: Sequence[int] = (16,)
+  attention_head_channels: int = 64
+  attention_num_heads: int = 0
+  dropout: float = 0.1
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, logsnr, labels, *, train=False):
+    emb_dim = 4 * self.channels
+    block = lambda c, **kw: ResBlock(c, self.dropout, dtype=self.dtype, **kw)
+    attn = lambda: AttentionBlock(self.attention_head_channels, self.attention_num_heads,
+                                  dtype=self.dtype)
+
+    # Noise level and class (index num_classes is the null label ∅) share one embedding.
+    t = diffusion.noise_level_input(logsnr)
+    emb = timestep_embedding(t, self.channels)
+    emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
+    emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
+    emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype, name='class_embed')(labels)
+
+    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(z.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.channel_mult):
+      for _ in range(self.num_res_blocks):
+        h = block(self.channels * mult)(h, emb, train=train)
+        if h.shape[1] in self.attention_resolutions:
+          h = attn()(h)
+        skips.append(h)
+      if level != len(self.channel_mult) - 1:
+        h = block(h.shape[-1], resample=-1)(h, emb, train=train)
+        skips.append(h)
+
+    h = block(h.shape[-1])(h, emb, train=train)
+    h = attn()(h)
+    h = block(h.shape[-1])(h, emb, train=train)
+
+    for level, mult in reversed(list(enumerate(self.channel_mult))):
+      for _ in range(self.num_res_blocks + 1):
+        h = block(self.channels * mult)(jnp.concatenate([h, skips.pop()], -1), emb, train=train)
+        if h.shape[1] in self.attention_resolutions:
+          h = attn()(h)
+      if level != 0:
+        h = block(h.shape[-1], resample=+1)(h, emb, train=train)
+
+    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+    out = nn.Conv(z.shape[-1], (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    return out.astype(jnp.float32)
+
+
+def from_config(config):
+  """The U-Net described by `config.model`, for `config.data.num_classes` classes."""
+  m = config.model
+  return UNet(
+      num_classes=config.data.num_classes,
+      channels=m.channels,
+      channel_mult=tuple(m.channel_mult),
+      num_res_blocks=m.num_res_blocks,
+      attention_resolutions=tuple(m.attention_resolutions),
+      attention_head_channels=m.attention_head_channels,
+      attention_num_heads=m.attention_num_heads,
+      dropout=m.dropout,
+      dtype=jnp.dtype(m.dtype))

@@ -1,0 +1,39 @@
+"""Trains a class-conditional diffusion model with condition dropout (Algorithm 1).
+
+  python launch/train.py --config=configs/fashion_mnist.py --workdir=workdirs/fmnist \
+      [--config.train.num_steps=200 --config.train.p_uncond=0.2 ...]
+
+Rerunning the same command in the same workdir resumes from its latest checkpoint.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import logging as std_logging  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cfg_jax import runtime  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
+_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
+                                    'CPU devices to expose (default: one per core).')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', None,
+                                 'Call jax.distributed.initialize() (default: auto-detect).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  runtime.setup(cpu_devices=_CPU_DEVICES.value, distributed=_DISTRIBUTED.value)
+  from cfg_jax import train  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)            # libraries: warnings only
+  std_logging.getLogger('cfg_jax').setLevel(std_logging.INFO)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
