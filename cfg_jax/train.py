@@ -14,7 +14,8 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from cfg_jax import checkpoint, config_lib, data, model as model_lib, sharding, training
+from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, sharding, training
+from cfg_jax import visualize
 
 log = logging.getLogger('cfg_jax')
 
@@ -47,6 +48,22 @@ def _log_metrics(writer, step, metrics, bar):
       writer.add_scalar(f'train/{k}', v, step)
   bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
   log.info('step %d: %s', step, ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()))
+
+
+def write_guidance_grid(pipe, params, workdir, step):
+  """Samples config.sample.per_class images per class at each w of config.sample.guidance."""
+  s, k = pipe.config.sample, pipe.num_classes
+  ws = np.asarray(s.guidance, np.float32)
+  labels = np.tile(np.repeat(np.arange(k), s.per_class), len(ws))
+  pipe.set_params(params)
+  x = pipe.sample(labels, np.repeat(ws, k * s.per_class), seed=0)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'samples', f'grid_{step:07d}.png')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    visualize.guidance_grid(x.reshape((len(ws), k, s.per_class) + x.shape[1:]), ws,
+                            visualize.class_names(pipe.config), path,
+                            f'step {step}, EMA, {s.method} {s.steps} steps')
+    log.info('wrote %s', path)
 
 
 def train_and_evaluate(config, workdir):
@@ -84,6 +101,7 @@ def train_and_evaluate(config, workdir):
   bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, desc='train',
                   unit='step', dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
+  pipe = None
   try:
     for step in range(start, t.num_steps):
       batch = next(batches)
@@ -111,6 +129,9 @@ def train_and_evaluate(config, workdir):
 
       if done % t.checkpoint_every == 0 or done == t.num_steps:
         checkpoint.save(mngr, state, config)
+      if (t.sample_every and done % t.sample_every == 0) or done == t.num_steps:
+        pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=model)
+        write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:
     bar.close()
     mngr.wait_until_finished()

@@ -5,22 +5,13 @@
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint.
 """
-import os
-import sys
+from absl import app, flags
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import logging as std_logging  # noqa: E402
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cfg_jax import runtime  # noqa: E402
+from cfg_jax import cli, runtime
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
-_CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
-                                    'CPU devices to expose (default: one per core).')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', None,
                                  'Call jax.distributed.initialize() (default: auto-detect).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -28,10 +19,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  runtime.setup(cpu_devices=_CPU_DEVICES.value, distributed=_DISTRIBUTED.value)
+  runtime.setup(cpu_devices=cli.CPU_DEVICES.value, distributed=_DISTRIBUTED.value)
   from cfg_jax import train  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.WARNING)            # libraries: warnings only
-  std_logging.getLogger('cfg_jax').setLevel(std_logging.INFO)
+  cli.quiet_logging()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
