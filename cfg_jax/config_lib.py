@@ -47,7 +47,7 @@ def base_config():
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
-      sample_every=0,         # write a guidance grid every N steps (0 = at the end only)
+      sample_every=0,         # also write a guidance grid every N steps (always at the end)
   )
 
   config.sample = dict(
@@ -56,7 +56,7 @@ def base_config():
       v=0.3,                  # ancestral variance interpolation (paper: 0.3 at 64x64)
       clip=True,              # clip x̃ to [-1, 1]
       guidance=(0.0, 0.3, 1.0, 4.0),
-      per_class=4,
+      per_class=4,           # samples per class and w in training grids (0 = no grids)
   )
 
   # Mesh axes: batch over ('data', 'fsdp'); parameters replicated, or sharded over 'fsdp'.

@@ -11,10 +11,19 @@ LOGSNR_MAX = 20.0
 
 
 def logsnr_schedule(u, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
-  """λ(u) = −2 log tan(a·u + b): u = 0 is clean (λ_max), u = 1 is pure noise (λ_min)."""
+  """λ(u) = −2 log tan(a·u + b): u = 0 is clean (λ_max), u = 1 is pure noise (λ_min).
+
+  Near u = 1 the angle approaches π/2, where tan loses precision in float32; there we use
+  λ = 2 log tan(π/2 − a·u − b) with π/2 − a·u − b = arctan(e^{λ_min/2}) + a·(1 − u), which has
+  no cancellation.
+  """
+  u = jnp.asarray(u, jnp.float32)
   b = jnp.arctan(jnp.exp(-0.5 * logsnr_max))
   a = jnp.arctan(jnp.exp(-0.5 * logsnr_min)) - b
-  return -2.0 * jnp.log(jnp.tan(a * jnp.asarray(u, jnp.float32) + b))
+  angle = a * u + b
+  complement = jnp.arctan(jnp.exp(0.5 * logsnr_min)) + a * (1.0 - u)
+  return jnp.where(angle < 0.25 * jnp.pi, -2.0 * jnp.log(jnp.tan(angle)),
+                   2.0 * jnp.log(jnp.tan(complement)))
 
 
 def noise_level_input(logsnr):

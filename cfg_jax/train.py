@@ -129,7 +129,8 @@ def train_and_evaluate(config, workdir):
 
       if done % t.checkpoint_every == 0 or done == t.num_steps:
         checkpoint.save(mngr, state, config)
-      if (t.sample_every and done % t.sample_every == 0) or done == t.num_steps:
+      if config.sample.per_class and (
+          (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):
         pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:
