@@ -19,7 +19,7 @@ def get_config(variant=''):
   if variant == 'tiny':
     config.model.update(channels=8, channel_mult=(1, 2), num_res_blocks=1,
                         attention_resolutions=(14,), attention_head_channels=8, dropout=0.0)
-    config.train.update(num_steps=20, batch_size=16, warmup_steps=5, log_every=5,
+    config.train.update(num_steps=20, batch_size=16, learning_rate=2e-3, warmup_steps=5, log_every=5,
                         checkpoint_every=10, ema_decay=0.99)
     config.sample.update(steps=8, per_class=2)
   elif variant:
