@@ -1,0 +1,147 @@
+"""Fidelity and diversity of a trained workdir across guidance strength w.
+
+  python launch/evaluate.py --workdir=workdirs/fmnist --guidance=0,0.1,0.2,0.3,0.5,1,2,4 \
+      --num_samples=2000 --steps=24 --sampler=dpmpp2m --out=workdirs/fmnist/eval
+
+Samples N class-balanced images per w (sample i uses the same noise at every w), measures them in
+the reference classifier's feature space (trained automatically on first use, a few CPU
+minutes) against the real test split, and writes to OUT:
+  metrics.json   one row per w (FD-clf, score, class agreement, precision, recall), the real-data
+                 row (N real train images: the floor), the settings, extractor and hardware;
+  metrics.csv    the same rows;
+  tradeoff.png   FD-clf against score and class agreement, precision against recall, per w;
+  grid.png       --grid_per_class samples per class at each w;
+  samples_w*.npz the samples, so a rerun of an interrupted sweep skips finished w values.
+"""
+import os
+
+from absl import app, flags
+
+from cfg_jax import cli, runtime
+
+DEFAULT_GUIDANCE = ['0', '0.1', '0.2', '0.3', '0.5', '1', '2', '4']
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir (its latest checkpoint).')
+_GUIDANCE = flags.DEFINE_list('guidance', DEFAULT_GUIDANCE, 'Values of w (paper convention).')
+_NUM = flags.DEFINE_integer('num_samples', 2000, 'Samples per w (classes balanced).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
+_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
+_V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v (default: config).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (and the seed of the real-data subsets).')
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
+_OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval).')
+_CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
+                                  '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
+_CLASSIFIER_STEPS = flags.DEFINE_integer('classifier_steps', 1500,
+                                         'Training steps if the classifier must be trained.')
+_GRID = flags.DEFINE_integer('grid_per_class', 6, 'Samples per class and w in grid.png (0: none).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def _check_flags():
+  try:
+    ws = [float(w) for w in _GUIDANCE.value]
+  except ValueError:
+    cli.fail(f'--guidance must be numbers separated by commas, got {",".join(_GUIDANCE.value)!r}')
+  if not ws or len(set(ws)) != len(ws):
+    cli.fail(f'--guidance must list distinct values, got {",".join(_GUIDANCE.value)!r}')
+  if _NUM.value < 20:
+    cli.fail(f'--num_samples must be >= 20 (10 score splits, k-NN with k = 3), got {_NUM.value}')
+  if _STEPS.value is not None and _STEPS.value < 2:
+    cli.fail('--steps must be >= 2')
+  if _BATCH.value < 1 or _GRID.value < 0:
+    cli.fail('--batch_size must be >= 1 and --grid_per_class >= 0')
+  if not os.path.isdir(_WORKDIR.value):
+    cli.fail(f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
+  return ws
+
+
+def main(argv):
+  del argv
+  ws = _check_flags()
+  cli.quiet_logging()
+  runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import cfg_jax  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, classifier, data, metrics, sampling  # pylint: disable=g-import-not-at-top
+  from cfg_jax import visualize  # pylint: disable=g-import-not-at-top
+
+  if _SAMPLER.value is not None and _SAMPLER.value not in sampling.METHODS:
+    cli.fail(f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
+  try:
+    pipe = cfg_jax.load(_WORKDIR.value)
+    ckpt_step = checkpoint.manager(_WORKDIR.value, read_only=True).latest_step()
+  except checkpoint.CheckpointError as e:
+    cli.fail(str(e))
+  config, k = pipe.config, pipe.num_classes
+  s = config.sample
+  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
+  v = s.v if _V.value is None else _V.value
+  out = _OUT.value or os.path.join(_WORKDIR.value, 'eval')
+  os.makedirs(out, exist_ok=True)
+
+  # --- Extractor and the real reference (test split) --------------------------------------------
+  clf_dir = _CLASSIFIER.value or classifier.default_dir(config.data.name)
+  try:
+    extractor = classifier.ensure_extractor(clf_dir, config.data, steps=_CLASSIFIER_STEPS.value)
+    test_feats, _, _ = classifier.real_features(extractor, clf_dir, config.data,
+                                                config.data.eval_split)
+    train = data.load_source(config.data, config.data.train_split)
+  except (data.DataError, ValueError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  reference = metrics.Reference(test_feats, f'{config.data.name} {config.data.eval_split} '
+                                            f'({len(test_feats)} images)')
+  train_images, train_labels = classifier.all_images(train)
+  real = metrics.real_floor(extractor, train_images, train_labels, reference, _NUM.value,
+                            num_classes=k, seed=_SEED.value)
+
+  # --- Sweep, rewriting metrics.json after every w ----------------------------------------------
+  dev = jax.devices()[0]
+  settings = {
+      'workdir': os.path.abspath(_WORKDIR.value), 'checkpoint_step': ckpt_step,
+      'p_uncond': config.train.p_uncond, 'guidance': ws, 'num_samples_per_w': _NUM.value,
+      'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
+      'clip': s.clip, 'seed': _SEED.value, 'ema': True,
+      'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
+  }
+  header = {'settings': settings, 'extractor': dict(extractor.meta, description=extractor.name),
+            'reference': reference.name,
+            'real': dict(real, note=f'{real["num_samples"]} real {config.data.train_split} images '
+                                    'scored like samples: the floor / ceiling of every metric')}
+  done = []
+
+  def write(row):
+    done.append(row)
+    metrics.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=done))
+
+  tag = f'{settings["workdir"]}@{ckpt_step}'
+  try:
+    rows = metrics.sweep(pipe, extractor, reference, ws, _NUM.value, directory=out, steps=steps,
+                         method=method, v=v, seed=_SEED.value, batch_size=_BATCH.value, tag=tag,
+                         on_row=write)
+  except ValueError as e:
+    cli.fail(str(e))
+
+  # --- Table, plot and grid ---------------------------------------------------------------------
+  metrics.write_csv(os.path.join(out, 'metrics.csv'), rows, real)
+  title = (f'{os.path.basename(os.path.normpath(_WORKDIR.value))} step {ckpt_step}, '
+           f'p_uncond={config.train.p_uncond}, {method} {steps} steps')
+  metrics.plot_tradeoff(rows, os.path.join(out, 'tradeoff.png'), real, title)
+  if _GRID.value:
+    per = min(_GRID.value, _NUM.value // k)
+    idx = (np.arange(per)[None, :] * k + np.arange(k)[:, None]).reshape(-1)   # (class, repeat)
+    grid = []
+    for w in ws:
+      images, _ = metrics.load_samples(out, w)
+      grid.append(images[idx].astype(np.float32) / 127.5 - 1.0)
+    grid = np.stack(grid).reshape((len(ws), k, per) + grid[0].shape[1:])
+    visualize.guidance_grid(grid, ws, visualize.class_names(config), os.path.join(out, 'grid.png'),
+                            title)
+  print(metrics.format_table(rows, real))
+  print(f'features: {extractor.name}; reference: {reference.name}; {_NUM.value} samples per w')
+  print(f'wrote {out}/metrics.json, metrics.csv, tradeoff.png' + (', grid.png' if _GRID.value else ''))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,53 @@
+"""Trains the reference classifier whose features FD-clf, the score and precision/recall use.
+
+  python launch/train_classifier.py [--out=~/.cache/cfg_jax/classifiers/fashion_mnist] \
+      [--config=configs/fashion_mnist.py] [--steps=1500] [--force]
+
+A small CNN (cfg_jax.classifier.Classifier), trained on the config's train split, saved as an
+orbax checkpoint with its test accuracy, plus the cached features of the test split.
+launch/evaluate.py runs this itself when the classifier is missing.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from cfg_jax import cli, runtime
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Diffusion config whose data set to use (default: Fashion-MNIST).')
+_OUT = flags.DEFINE_string('out', None, 'Classifier folder (default: '
+                           '~/.cache/cfg_jax/classifiers/<data set>).')
+_STEPS = flags.DEFINE_integer('steps', 1500, 'Training steps (batch 128).')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Initialisation and data-order seed.')
+_FORCE = flags.DEFINE_bool('force', False, 'Retrain even if OUT already holds a classifier.')
+
+
+def main(argv):
+  del argv
+  if _STEPS.value < 1 or _BATCH.value < 1:
+    cli.fail('--steps and --batch_size must be >= 1')
+  cli.quiet_logging()
+  runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
+  import shutil  # pylint: disable=g-import-not-at-top
+  from cfg_jax import classifier, config_lib, data  # pylint: disable=g-import-not-at-top
+
+  data_config = (_CONFIG.value or config_lib.base_config()).data
+  out = _OUT.value or classifier.default_dir(data_config.name)
+  if classifier.exists(out) and not _FORCE.value:
+    extractor = classifier.load_extractor(out)
+    print(f'{out} already holds {extractor.name}; pass --force to retrain')
+    return
+  if _FORCE.value:
+    shutil.rmtree(out, ignore_errors=True)
+  try:
+    extractor = classifier.train_classifier(out, data_config, steps=_STEPS.value,
+                                            batch_size=_BATCH.value, seed=_SEED.value)
+  except (data.DataError, ValueError) as e:
+    cli.fail(str(e))
+  m = extractor.meta
+  print(f'wrote {out}: test accuracy {100 * m["test_accuracy"]:.2f}% after {m["steps"]} steps '
+        f'({m["train_seconds"]:.0f} s on {m["devices"]})')
+
+
+if __name__ == '__main__':
+  app.run(main)
