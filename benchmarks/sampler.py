@@ -1,0 +1,123 @@
+"""Guided-sampler overhead for a config: is a guided step just one network call on 2B rows?
+
+  python benchmarks/sampler.py --config=configs/fashion_mnist.py [--batch=64] [--json]
+
+Per-step times are differences between runs of `--steps_hi` and `--steps_lo` steps, so fixed
+costs (transfer, final x̃) cancel. Random parameters: speed does not depend on training.
+Also counts compilations during a 10-value w sweep and collective ops in the program compiled
+for an 8-device mesh (both must be 0).
+"""
+import json
+import statistics
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cfg_jax import cli, runtime
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).')
+_BATCH = flags.DEFINE_integer('batch', 64, 'Samples per call (B); guided calls run 2B rows.')
+_DEVICES = flags.DEFINE_integer('devices', 0, 'Devices for timing (default: one per core).')
+_STEPS_LO = flags.DEFINE_integer('steps_lo', 4, 'Short run length.')
+_STEPS_HI = flags.DEFINE_integer('steps_hi', 12, 'Long run length.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repeats (median).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
+flags.mark_flags_as_required(['config'])
+
+COLLECTIVES = ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter')
+
+
+def _median_time(fn):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(_REPEATS.value):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  import os  # pylint: disable=g-import-not-at-top
+  n_timing = _DEVICES.value or os.cpu_count()
+  runtime.setup(cpu_devices=max(8, n_timing))
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cfg_jax import inference, model as model_lib, sharding  # pylint: disable=g-import-not-at-top
+
+  config, b = _CONFIG.value, _BATCH.value
+  model = model_lib.from_config(config)
+  size, ch = config.data.pad_to or config.data.image_size, config.data.channels
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.zeros((1,)),
+                               jnp.zeros((1,), jnp.int32))['params']
+  devices = jax.devices()[:n_timing] if jax.devices()[0].platform == 'cpu' else jax.devices()
+  pipe = inference.Pipeline(config, params, sharding.make_mesh({'data': -1}, devices), model=model)
+  batch = sharding.batch_sharding(pipe.mesh)
+  labels = np.arange(b, dtype=np.int32) % pipe.num_classes
+  put = lambda a: jax.device_put(a, batch)
+  args = lambda w: (pipe.params, put(labels), put(w), put(np.arange(b)), jax.random.key(0))
+  method = config.sample.method
+
+  def run(steps, guided, w=np.ones(b, np.float32)):
+    return lambda: pipe._sample_batch(*args(w), steps, config.sample.v, method=method,
+                                      clip=config.sample.clip, guided=guided)
+
+  # --- Compile time, per-step times ---------------------------------------------------------
+  t0 = time.perf_counter()
+  jax.block_until_ready(run(_STEPS_LO.value, True)())
+  compile_s = time.perf_counter() - t0
+  per_step = {}
+  for guided in (True, False):
+    lo, hi = (_median_time(run(s, guided)) for s in (_STEPS_LO.value, _STEPS_HI.value))
+    per_step[guided] = (hi - lo) / (_STEPS_HI.value - _STEPS_LO.value)
+
+  # --- One plain forward on 2B rows ------------------------------------------------------------
+  forward = jax.jit(lambda p, z, l, y: model.apply({'params': p}, z, l, y))
+  z2 = put(np.random.default_rng(0).normal(size=(2 * b, size, size, ch)).astype(np.float32))
+  forward_s = _median_time(lambda: forward(pipe.params, z2, put(np.zeros(2 * b, np.float32)),
+                                           put(np.repeat(labels, 2))))
+
+  # --- Compilations during a 10-value w sweep (w, labels and seed all change) ----------------
+  compiles = []
+  listener = lambda name, *a, **k: compiles.append(name) if name.endswith('backend_compile_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  for i, w in enumerate(np.linspace(0, 4, 10)):
+    jax.block_until_ready(pipe._sample_batch(
+        pipe.params, put((labels + i) % pipe.num_classes), put(np.full(b, w, np.float32)),
+        put(np.arange(b)), jax.random.key(i), _STEPS_LO.value, config.sample.v, method=method,
+        clip=config.sample.clip, guided=True))
+  jax.monitoring.unregister_event_duration_listener(listener)
+
+  # --- Collectives in the guided program on an 8-device mesh ----------------------------------
+  mesh8 = sharding.make_mesh({'data': -1}, jax.devices()[:8])
+  pipe8 = inference.Pipeline(config, params, mesh8, model=model)
+  b8 = -(-b // 8) * 8
+  put8 = lambda a: jax.device_put(a, sharding.batch_sharding(mesh8))
+  hlo = pipe8._sample_batch.lower(
+      pipe8.params, put8(np.arange(b8, dtype=np.int32) % pipe.num_classes),
+      put8(np.ones(b8, np.float32)), put8(np.arange(b8)), jax.random.key(0), 4, 0.3,
+      method=method, clip=True, guided=True).compile().as_text()
+  collectives = sum(hlo.count(f' {op}(') + hlo.count(f' {op}-start(') for op in COLLECTIVES)
+
+  result = {
+      'config': config.data.name, 'method': method, 'batch': b, 'timing_devices': len(devices),
+      'platform': devices[0].platform, 'compile_s': round(compile_s, 2),
+      'guided_step_s': round(per_step[True], 4), 'unguided_step_s': round(per_step[False], 4),
+      'forward_2b_s': round(forward_s, 4),
+      'overhead_ratio_guided_step_vs_forward_2b': round(per_step[True] / forward_s, 3),
+      'guided_vs_unguided_per_sample': round(per_step[True] / per_step[False], 3),
+      'compilations_in_10_w_sweep': len(compiles),
+      'collectives_per_guided_program_8_devices': collectives}
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    for k, v in result.items():
+      print(f'{k:>42}: {v}')
+
+
+if __name__ == '__main__':
+  app.run(main)
