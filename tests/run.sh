@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command on a fresh machine: set up, then run the suite on two workers.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash launch/setup_env.sh test,notebook
+exec .venv/bin/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider tests "$@"
