@@ -31,8 +31,8 @@ def main(argv):
     ws = [float(w) for w in _GUIDANCE.value]
   except ValueError:
     cli.fail(f'--guidance must be numbers separated by commas, got {",".join(_GUIDANCE.value)!r}')
-  cli.quiet_logging()
   runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
+  cli.quiet_logging()
   import numpy as np  # pylint: disable=g-import-not-at-top
   import cfg_jax  # pylint: disable=g-import-not-at-top
   from cfg_jax import checkpoint, visualize  # pylint: disable=g-import-not-at-top
