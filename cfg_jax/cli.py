@@ -1,20 +1,82 @@
 """What every command-line entry point shares: quiet library logs, one-line errors."""
 import logging
+import re
 import sys
 
 from absl import flags, logging as absl_logging
 
 CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
                                    'CPU devices to expose (default: one per core).')
+DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', None, 'Call jax.distributed.initialize() (default: CFG_JAX_DISTRIBUTED=1, '
+    'or auto-detected on SLURM and TPU pods).')
+COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for clusters JAX cannot detect '
+    '(implies --distributed; also give --num_processes and --process_id).')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+
+
+def setup_runtime():
+  """runtime.setup() with the flags above; call before anything touches a device."""
+  from cfg_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup(cpu_devices=CPU_DEVICES.value, distributed=DISTRIBUTED.value,
+                coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
+                process_id=PROCESS_ID.value)
+
+
+class _MainProcessInfo(logging.Filter):
+  """INFO from process 0 only: a pod's other hosts would repeat every line. Asks JAX at the
+  first record, so that it does not touch the devices before runtime.setup()."""
+
+  def filter(self, record):
+    import jax  # pylint: disable=g-import-not-at-top
+    return record.levelno >= logging.WARNING or jax.process_index() == 0
 
 
 def quiet_logging():
-  """Libraries log warnings only; cfg_jax logs progress at INFO."""
+  """Libraries log warnings only; cfg_jax logs progress at INFO, from process 0 only."""
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger('cfg_jax').setLevel(logging.INFO)
+  logger = logging.getLogger('cfg_jax')
+  logger.setLevel(logging.INFO)
+  if not any(isinstance(f, _MainProcessInfo) for f in logger.filters):
+    logger.addFilter(_MainProcessInfo())
 
 
 def fail(message, code=2):
   """Ends the program with one line on stderr: what is wrong and what to do."""
   sys.stderr.write(f'error: {message}\n')
   sys.exit(code)
+
+
+def _one_line(text):
+  """The gist of a multi-line message: the last line of an embedded traceback, else all lines."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  if any(line.startswith('Traceback') for line in lines):
+    return f'{lines[0]} {lines[-1]}'
+  return ' '.join(lines)
+
+
+def parse_flags(argv):
+  """absl's flag parser (for app.run's flags_parser) with config mistakes as one line.
+
+  Covers an unknown --config.<key>, a value of the wrong type, and a config file that is
+  missing, does not parse, or raises.
+  """
+  try:
+    args = flags.FLAGS(argv)
+    for value in flags.FLAGS.flag_values_dict().values():
+      getattr(value, 'keys', None)  # a config file that failed to load raises when first used
+    return args
+  except flags.Error as e:
+    fail(f'{_one_line(e)} (see --helpfull)')
+  except (AttributeError, KeyError) as e:  # ml_collections: an override of a key that is not there
+    key = (re.findall(r"'([^'\\]+)", str(e)) or ['?'])[0]
+    overrides = [a.split('=')[0] for a in argv if a.startswith('--config')]
+    where = next((a for a in overrides if a.endswith(f'.{key}') or f'.{key}.' in a), key)
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    fail(f'unknown config key in {where}' + (f'; did you mean {hint.group(1)}?' if hint else ''))
+  except SyntaxError as e:
+    fail(f'the config file {e.filename} does not parse: line {e.lineno}: {e.msg}')
+  except OSError as e:  # ml_collections: the config file cannot be loaded
+    fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')

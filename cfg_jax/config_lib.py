@@ -1,5 +1,11 @@
 """The config schema: defaults every file in configs/ starts from, and checks of a resolved config."""
+import difflib
+
 import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: unknown key, wrong type, or values that do not fit together."""
 
 
 def base_config():
@@ -64,21 +70,60 @@ def base_config():
   return config
 
 
+def _same_kind(value, default):
+  if isinstance(default, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(default, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float))
+  if isinstance(default, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(default))
+
+
+def check_schema(config, schema=None, prefix='config'):
+  """Every key of `config` exists in base_config() with a value of the same kind.
+
+  Config files may set new keys by mistake (`config.train.batchsize = 64`), which would
+  otherwise be ignored silently.
+  """
+  schema = base_config() if schema is None else schema
+  for key, value in config.items():
+    name = f'{prefix}.{key}'
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f'; did you mean {prefix}.{close[0]}?' if close else ''
+      raise ConfigError(f'unknown config key {name}{hint}')
+    default = schema[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'{name} must be a group of settings, got {value!r}')
+      check_schema(value, default, name)
+    elif not _same_kind(value, default):
+      raise ConfigError(f'{name}={value!r} has the wrong type: expected a '
+                        f'{type(default).__name__} like {default!r}')
+
+
 def validate(config):
-  """Catches settings that would otherwise fail deep inside jit; raises ValueError."""
+  """Catches settings that would otherwise fail deep inside jit; raises ConfigError."""
+  check_schema(config)
   t, s = config.train, config.sample
   if not 0.0 <= t.p_uncond <= 1.0:
-    raise ValueError(f'config.train.p_uncond={t.p_uncond} must lie in [0, 1]')
+    raise ConfigError(f'config.train.p_uncond={t.p_uncond} must lie in [0, 1]')
   if t.batch_size <= 0 or t.num_steps < 0:
-    raise ValueError('config.train.batch_size must be > 0 and config.train.num_steps >= 0')
+    raise ConfigError('config.train.batch_size must be > 0 and config.train.num_steps >= 0')
   if t.on_nonfinite not in ('stop', 'skip'):
-    raise ValueError(f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
+    raise ConfigError(f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
   if config.diffusion.prediction not in ('eps', 'v'):
-    raise ValueError(f"config.diffusion.prediction={config.diffusion.prediction!r}: use 'eps' or 'v'")
+    raise ConfigError(
+        f"config.diffusion.prediction={config.diffusion.prediction!r}: use 'eps' or 'v'")
   if s.method not in ('ancestral', 'ddim', 'dpmpp2m'):
-    raise ValueError(f"config.sample.method={s.method!r}: use 'ancestral', 'ddim' or 'dpmpp2m'")
-  size = config.data.image_size
+    raise ConfigError(f"config.sample.method={s.method!r}: use 'ancestral', 'ddim' or 'dpmpp2m'")
+  if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
+    raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
+  if config.data.num_classes < 1:
+    raise ConfigError(f'config.data.num_classes={config.data.num_classes} must be >= 1')
+  size = config.data.pad_to or config.data.image_size
   if size % 2 ** (len(config.model.channel_mult) - 1):
-    raise ValueError(f'config.data.image_size={size} must divide by 2^(levels-1) '
-                     f'for channel_mult={tuple(config.model.channel_mult)}; set data.pad_to')
+    raise ConfigError(f'config.data.image_size={size} must divide by 2^(levels-1) '
+                      f'for channel_mult={tuple(config.model.channel_mult)}; set data.pad_to')
   return config

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from cfg_jax import config_lib
+
 BATCH_AXES = ('data', 'fsdp')
 
 
@@ -21,7 +23,9 @@ def make_mesh(mesh_config, devices=None):
   if fsdp == -1:
     fsdp = n // data
   if data * fsdp != n:
-    raise ValueError(f'mesh data={data} x fsdp={fsdp} does not match the {n} devices present')
+    raise config_lib.ConfigError(
+        f'config.mesh data={data} x fsdp={fsdp} does not match the {n} devices present; '
+        f'set --config.mesh.fsdp to a divisor of {n} and --config.mesh.data=-1')
   # Auto axes: sharding is propagated by XLA (explicit axes break linen's Embed).
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2,
                        devices=devices)
@@ -63,6 +67,6 @@ def check_divisible(global_batch_size, mesh):
   """The batch must split evenly over processes and devices; say which and how."""
   n_dev, n_proc = mesh.size, jax.process_count()
   if global_batch_size % n_dev or global_batch_size % n_proc:
-    raise ValueError(
+    raise config_lib.ConfigError(
         f'config.train.batch_size={global_batch_size} does not divide over {n_dev} devices '
         f'in {n_proc} process(es); use a multiple of {n_dev}')

@@ -1,8 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`, importable by tests and notebooks.
 
-Reads top to bottom: mesh → data → model and optimizer → sharded, compiled step → restore or
-initialise → loop (log, checkpoint, sample) → final checkpoint. The math lives in
-`cfg_jax.training`; this module only owns side effects.
+Reads top to bottom: workdir → mesh → data → model and optimizer → sharded, compiled step →
+restore or initialise → loop (log, checkpoint, sample, stop on SIGTERM) → final checkpoint.
+The math lives in `cfg_jax.training`; this module only owns side effects.
 """
 import functools
 import logging
@@ -13,15 +13,25 @@ import jax
 import numpy as np
 import tensorboardX
 import tqdm
+from etils import epath
 
-from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, sharding, training
-from cfg_jax import visualize
+from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, runtime, sharding
+from cfg_jax import training, visualize
 
 log = logging.getLogger('cfg_jax')
 
 
 class NonFiniteError(FloatingPointError):
   """Training produced a non-finite loss or gradient and was told to stop."""
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be created or written."""
+
+
+# Mistakes and failures that launchers report in one line, without a traceback.
+USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError, WorkdirError,
+               NonFiniteError)
 
 
 def build(config, mesh):
@@ -58,24 +68,44 @@ def write_guidance_grid(pipe, params, workdir, step):
   pipe.set_params(params)
   x = pipe.sample(labels, np.repeat(ws, k * s.per_class), seed=0)
   if jax.process_index() == 0:
-    path = os.path.join(workdir, 'samples', f'grid_{step:07d}.png')
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    visualize.guidance_grid(x.reshape((len(ws), k, s.per_class) + x.shape[1:]), ws,
-                            visualize.class_names(pipe.config), path,
-                            f'step {step}, EMA, {s.method} {s.steps} steps')
+    path = epath.Path(workdir) / 'samples' / f'grid_{step:07d}.png'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('wb') as f:
+      visualize.guidance_grid(x.reshape((len(ws), k, s.per_class) + x.shape[1:]), ws,
+                              visualize.class_names(pipe.config), f,
+                              f'step {step}, EMA, {s.method} {s.steps} steps')
     log.info('wrote %s', path)
 
 
+def check_workdir(workdir):
+  """Creates `workdir` and proves it writable now, not after minutes of compiling."""
+  path = epath.Path(workdir)
+  probe = path / f'.write_test.{jax.process_index()}'
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f'workdir {workdir} cannot be written ({e.strerror or e}); choose '
+                       f'another --workdir or fix its permissions') from None
+
+
 def train_and_evaluate(config, workdir):
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state."""
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  SIGTERM saves a checkpoint after the current step and returns early (state.step tells).
+  """
   config = config_lib.validate(config)
   t = config.train
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  check_workdir(workdir)
 
   # --- Mesh -------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_divisible(t.batch_size, mesh)
+
+  # --- Data (before compiling, so that a missing data set fails fast) -----------------------
+  source = data.load_source(config.data, config.data.train_split)
 
   # --- Model, optimizer, compiled step ----------------------------------------------------
   model, init, train_step, abstract_state = build(config, mesh)
@@ -83,30 +113,27 @@ def train_and_evaluate(config, workdir):
   # --- Restore or initialise --------------------------------------------------------------
   mngr = checkpoint.manager(workdir, keep=t.keep_checkpoints)
   if mngr.latest_step() is not None:
-    state = checkpoint.restore(mngr, abstract_state)
+    state = checkpoint.restore(mngr, abstract_state, config=config)
     log.info('resumed from step %d in %s', int(state.step), workdir)
   else:
     state = init(jax.random.key(config.seed))
   start = int(jax.device_get(state.step))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info('%s params on mesh %s; steps %d -> %d', f'{n_params:,}', dict(mesh.shape), start, t.num_steps)
-
-  # --- Data -------------------------------------------------------------------------------
-  source = data.load_source(config.data, config.data.train_split)
   batches = data.batches(source, seed=config.seed, global_batch_size=t.batch_size,
                          start_step=start, num_threads=config.data.num_threads)
 
   # --- Loop -------------------------------------------------------------------------------
-  writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) if is_main else None
+  writer = None  # opened at the first log, so that a run failing before it writes nothing
   bar = tqdm.tqdm(total=t.num_steps, initial=start, disable=not is_main, desc='train',
                   unit='step', dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
   pipe = None
+  stop = runtime.StopSignal()
   try:
     for step in range(start, t.num_steps):
       batch = next(batches)
-      if step == start:
-        data.check_labels(batch['label'], config.data.num_classes)
+      data.check_labels(batch['label'], config.data.num_classes)
       state, metrics = train_step(state, sharding.global_batch(batch, mesh))
       window_steps += 1
       bar.update(1)
@@ -124,16 +151,23 @@ def train_and_evaluate(config, workdir):
         elapsed = time.perf_counter() - window_start
         metrics['steps_per_sec'] = window_steps / elapsed
         metrics['images_per_sec'] = window_steps * t.batch_size / elapsed
+        if writer is None and is_main:
+          writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
         _log_metrics(writer, done, metrics, bar)
         window_start, window_steps = time.perf_counter(), 0
 
-      if done % t.checkpoint_every == 0 or done == t.num_steps:
+      stopping = stop.reached(done)
+      if done % t.checkpoint_every == 0 or done == t.num_steps or stopping:
         checkpoint.save(mngr, state, config)
+      if stopping:
+        log.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped', done, workdir)
+        break
       if config.sample.per_class and (
           (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):
         pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:
+    stop.close()
     bar.close()
     mngr.wait_until_finished()
     if writer is not None:

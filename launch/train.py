@@ -4,26 +4,45 @@
       [--config.train.num_steps=200 --config.train.p_uncond=0.2 ...]
 
 Rerunning the same command in the same workdir resumes from its latest checkpoint.
+Multi-host: the same command on every host, with --distributed (or CFG_JAX_DISTRIBUTED=1;
+automatic on SLURM and TPU pods), or --coordinator_address=host:port --num_processes=N
+--process_id=i where JAX cannot detect the cluster. See docs/SCALING.md.
+
+Exit status: 0 done; 2 a mistake or failure explained in one line (bad config, missing data,
+incompatible or corrupt checkpoint, unwritable workdir, non-finite loss); 75 stopped by
+SIGTERM after saving a checkpoint (rerun to resume).
 """
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
-from cfg_jax import cli, runtime
+from cfg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints and logs go.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', None,
-                                 'Call jax.distributed.initialize() (default: auto-detect).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly before the end; the same command resumes
 
 
 def main(argv):
   del argv
-  runtime.setup(cpu_devices=cli.CPU_DEVICES.value, distributed=_DISTRIBUTED.value)
+  cli.setup_runtime()
   from cfg_jax import train  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  try:
+    state = train.train_and_evaluate(config, _WORKDIR.value)
+  except train.USER_ERRORS as e:
+    cli.fail(str(e))
+  step = int(state.step)
+  if step < config.train.num_steps:
+    sys.stderr.write(f'stopped by SIGTERM at step {step} of {config.train.num_steps}; the '
+                     f'checkpoint is saved in {_WORKDIR.value}. Rerun the same command to '
+                     f'resume.\n')
+    sys.exit(EXIT_STOPPED)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
