@@ -81,7 +81,7 @@ def load_tfds(name, split, data_dir=''):
   """Any prepared TFDS image-classification data set, through `tfds.data_source`."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception as e:  # TFDS raises many types: unknown name, not prepared, TF needed to build.
     raise DataError(
         f'TFDS could not provide {name!r} split {split!r}: {str(e).splitlines()[0]}. '
