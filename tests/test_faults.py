@@ -1,0 +1,116 @@
+"""Preemption and crashes: SIGTERM saves and exits, SIGKILL loses only uncommitted steps, resume is
+bit-identical, half-written checkpoints are ignored, non-finite losses never reach a checkpoint."""
+import os
+import re
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import launcher
+from cfg_jax import checkpoint, data, train
+from conftest import tiny_config
+
+FINAL = 12   # steps of the interrupted and the uninterrupted run
+
+
+def _assert_same_state(a, b):
+  assert int(a.step) == int(b.step)
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def _log_has(path, pattern):
+  with open(path) as f:
+    return re.search(pattern, f.read()) is not None
+
+
+def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_path):
+  workdir, log = str(tmp_path / 'run'), str(tmp_path / 'log.txt')
+  flags = (f'--config.train.num_steps={FINAL}', '--config.train.log_every=1')
+
+  # 1. SIGTERM (a preempted TPU VM): save after the current step, exit 75 with a message.
+  proc = launcher.start(workdir, *flags, '--config.train.checkpoint_every=1000', log_path=log)
+  launcher.wait_until(lambda: _log_has(log, r'step 2:'), proc, what='step 2')
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 75
+  with open(log) as f:
+    out = f.read()
+  stopped = int(re.search(r'stopped by SIGTERM at step (\d+) of 12', out).group(1))
+  assert 'Rerun the same command to resume' in out and 'Traceback' not in out
+  assert 2 <= stopped < FINAL
+  assert launcher.committed_steps(workdir) == [stopped]
+
+  # 2. SIGKILL (no warning) right after a checkpoint commits, often while the next is written.
+  proc = launcher.start(workdir, *flags, '--config.train.checkpoint_every=1', log_path=log)
+  target = stopped + 3
+  launcher.wait_until(lambda: any(s >= target for s in launcher.committed_steps(workdir)), proc,
+                      what=f'a checkpoint at step >= {target}')
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait(timeout=60) == -signal.SIGKILL
+  last = checkpoint.manager(workdir, read_only=True).latest_step()
+  assert target <= last < FINAL and last == launcher.committed_steps(workdir)[-1]
+
+  # 3. The same command resumes from the last committed step and ends where an uninterrupted
+  # run ends, bit for bit (same mesh, same (seed, step) randomness, same data positions).
+  config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
+  resumed = train.train_and_evaluate(config, workdir)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  _assert_same_state(resumed, straight)
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+
+
+@pytest.fixture(scope='module')
+def four_steps(tmp_path_factory):
+  """A workdir with checkpoints at steps 2 and 4."""
+  workdir = str(tmp_path_factory.mktemp('four') / 'run')
+  train.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every=2), workdir)
+  return workdir
+
+
+def test_half_written_checkpoint_is_never_picked_up(four_steps, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(four_steps, workdir)
+  ckpt = os.path.join(workdir, 'checkpoints')
+  # What a kill during a save leaves: orbax's temporary folder, only partly written.
+  partial = os.path.join(ckpt, '6.orbax-checkpoint-tmp-1763830000000000')
+  shutil.copytree(os.path.join(ckpt, '4'), partial)
+  shutil.rmtree(os.path.join(partial, 'train_state'))
+  assert checkpoint.manager(workdir, read_only=True).latest_step() == 4
+
+  state = train.train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=2), workdir)
+  assert int(state.step) == 5
+  assert launcher.committed_steps(workdir) == [2, 4, 5]
+  assert not os.path.exists(partial)   # the writer deleted the leftover
+
+
+def _nan_images(images, pad_to=0):
+  del pad_to
+  return jnp.full(images.shape, jnp.nan, jnp.float32)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(four_steps, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(four_steps, workdir)
+  before = launcher.digest(workdir)
+  monkeypatch.setattr(data, 'to_model_range', _nan_images)
+  with pytest.raises(train.NonFiniteError, match=r'step 5 .*last good checkpoint is kept'):
+    train.train_and_evaluate(tiny_config(num_steps=8, checkpoint_every=1), workdir)
+  assert launcher.digest(workdir) == before
+
+
+def test_nonfinite_loss_skip_leaves_parameters_unchanged(four_steps, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(four_steps, workdir)
+  config = tiny_config(num_steps=4)
+  good = train.train_and_evaluate(config, workdir)   # restores step 4, trains nothing
+  monkeypatch.setattr(data, 'to_model_range', _nan_images)
+  config = tiny_config(num_steps=6, checkpoint_every=1, on_nonfinite='skip')
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 6
+  for name in ('params', 'ema_params', 'opt_state'):
+    for a, b in zip(jax.tree.leaves(getattr(state, name)), jax.tree.leaves(getattr(good, name))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
