@@ -119,8 +119,11 @@ class Extractor:
 
 
 def _manager(directory, read_only=False):
-  options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
-                                         max_to_keep=1)
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                           save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(directory), 'checkpoint'),
                                options=options)
 
@@ -177,7 +180,7 @@ def all_images(source):
   return np.stack([x['image'] for x in items]), np.asarray([x['label'] for x in items], np.int32)
 
 
-def train_classifier(directory, data_config=None, *, steps=1500, batch_size=128,
+def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
                      learning_rate=3e-3, weight_decay=1e-4, seed=0, augment=True, mesh=None,
                      progress=True):
   """Trains the reference classifier on `data_config`'s train split and saves it in `directory`.
@@ -262,7 +265,7 @@ def train_classifier(directory, data_config=None, *, steps=1500, batch_size=128,
   return extractor
 
 
-def ensure_extractor(directory, data_config=None, *, steps=1500, progress=True, mesh=None):
+def ensure_extractor(directory, data_config=None, *, steps=2400, progress=True, mesh=None):
   """Loads the classifier in `directory`, training it first (with a progress bar) if missing.
 
   Raises ValueError if the saved classifier was trained for another data set or image shape.

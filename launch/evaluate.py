@@ -32,7 +32,7 @@ _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memo
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval).')
 _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
                                   '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
-_CLASSIFIER_STEPS = flags.DEFINE_integer('classifier_steps', 1500,
+_CLASSIFIER_STEPS = flags.DEFINE_integer('classifier_steps', 2400,
                                          'Training steps if the classifier must be trained.')
 _GRID = flags.DEFINE_integer('grid_per_class', 6, 'Samples per class and w in grid.png (0: none).')
 flags.mark_flags_as_required(['workdir'])

@@ -1,7 +1,7 @@
 """Trains the reference classifier whose features FD-clf, the score and precision/recall use.
 
   python launch/train_classifier.py [--out=~/.cache/cfg_jax/classifiers/fashion_mnist] \
-      [--config=configs/fashion_mnist.py] [--steps=1500] [--force]
+      [--config=configs/fashion_mnist.py] [--steps=2400] [--force]
 
 A small CNN (cfg_jax.classifier.Classifier), trained on the config's train split, saved as an
 orbax checkpoint with its test accuracy, plus the cached features of the test split.
@@ -16,7 +16,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Diffusion config whose data set to use (default: Fashion-MNIST).')
 _OUT = flags.DEFINE_string('out', None, 'Classifier folder (default: '
                            '~/.cache/cfg_jax/classifiers/<data set>).')
-_STEPS = flags.DEFINE_integer('steps', 1500, 'Training steps (batch 128).')
+_STEPS = flags.DEFINE_integer('steps', 2400, 'Training steps (batch 128).')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Global batch size.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Initialisation and data-order seed.')
 _FORCE = flags.DEFINE_bool('force', False, 'Retrain even if OUT already holds a classifier.')
