@@ -58,7 +58,8 @@ def save(mngr, state, config):
 def _damaged(mngr, step, error):
   while getattr(error, '__cause__', None) is not None:  # the root cause names the file
     error = error.__cause__
-  lines = [line for line in str(error).splitlines() if line.strip()]
+  text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)  # no repr
+  lines = [line for line in str(text).splitlines() if line.strip()]
   reason = (lines[0] if lines else type(error).__name__)[:300]
   return CheckpointError(
       f'checkpoint {step} in {mngr.directory} is incomplete or corrupt ({reason}); '
