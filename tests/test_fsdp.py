@@ -16,8 +16,8 @@ def _train(config, source):
   state = init(jax.random.key(config.seed))
   batches = data.batches(source, seed=config.seed, global_batch_size=config.train.batch_size,
                          num_threads=1)
-  for _ in range(STEPS):
-    state, _ = step(state, sharding.global_batch(next(batches), mesh))
+  for _ in range(STEPS):   # one step in flight, as in training (CPU collectives time out under load)
+    state = jax.block_until_ready(step(state, sharding.global_batch(next(batches), mesh))[0])
   return state
 
 
