@@ -7,7 +7,6 @@ costs (transfer, final x̃) cancel. Random parameters: speed does not depend on 
 Also counts compilations during a 10-value w sweep and collective ops in the program compiled
 for an 8-device mesh (both must be 0).
 """
-import json
 import statistics
 import time
 
@@ -112,11 +111,7 @@ def main(argv):
       'guided_vs_unguided_per_sample': round(per_step[True] / per_step[False], 3),
       'compilations_in_10_w_sweep': len(compiles),
       'collectives_per_guided_program_8_devices': collectives}
-  if _JSON.value:
-    print(json.dumps(result))
-  else:
-    for k, v in result.items():
-      print(f'{k:>42}: {v}')
+  cli.print_result(result, _JSON.value)
 
 
 if __name__ == '__main__':

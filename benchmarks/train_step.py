@@ -4,7 +4,6 @@
 
 FLOPs come from XLA's cost analysis of the compiled step (whole global batch, all devices).
 """
-import json
 import statistics
 import time
 
@@ -62,11 +61,7 @@ def main(argv):
       'compile_s': round(compile_s, 2), 'step_s_median': round(step_s, 4),
       'images_per_s': round(b / step_s, 1), 'gflop_per_step': round(flops / 1e9, 2),
       'achieved_gflop_per_s': round(flops / 1e9 / step_s, 1)}
-  if _JSON.value:
-    print(json.dumps(result))
-  else:
-    for k, v in result.items():
-      print(f'{k:>22}: {v}')
+  cli.print_result(result, _JSON.value)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: quiet library logs, one-line errors."""
+"""What every command-line entry point shares: runtime flags, quiet logs, one-line errors, reports."""
+import json
 import logging
 import re
 import sys
@@ -80,3 +81,13 @@ def parse_flags(argv):
     fail(f'the config file {e.filename} does not parse: line {e.lineno}: {e.msg}')
   except OSError as e:  # ml_collections: the config file cannot be loaded
     fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')
+
+
+def print_result(result, as_json):
+  """A benchmark's figures: one JSON object, or one aligned `name: value` line each."""
+  if as_json:
+    print(json.dumps(result))
+    return
+  width = max(map(len, result))
+  for k, v in result.items():
+    print(f'{k:>{width}}: {v}')
