@@ -1,4 +1,4 @@
-"""Plan before you pay: compile the real train step and guided sampler for N devices, allocate nothing.
+"""Plan before you pay: compile the real train step and sampler for N devices, allocating nothing.
 
   python launch/aot_report.py --config=configs/imagenet64.py --devices=64 --peak_tflops=275 \
       [--config.mesh.fsdp=8 --sample_batch=2048]
@@ -107,6 +107,7 @@ def main(argv):
   except config_lib.ConfigError as e:
     cli.fail(str(e))
   b, size, ch = config.train.batch_size, config.data.image_size, config.data.channels
+  model_size = config.data.pad_to or size
   print(f'{config.data.name}: {size}x{size}x{ch}, {config.data.num_classes} classes, '
         f'{config.model.dtype} compute; mesh {dict(mesh.shape)} of {mesh.size} simulated '
         f'devices; global batch {b} ({b // mesh.size} per device)')
@@ -138,7 +139,7 @@ def main(argv):
   eps_fn = lambda p: inference.eps_fn_for(model, p, config.diffusion.prediction)
 
   def sample(p, labels, w, key, steps):
-    return sampling.sample(eps_fn(p), labels, w, key, shape=(size, size, ch),
+    return sampling.sample(eps_fn(p), labels, w, key, shape=(model_size, model_size, ch),
                            null_label=config.data.num_classes, steps=steps, method=s.method,
                            v=s.v, clip=s.clip)
 
@@ -156,7 +157,7 @@ def main(argv):
   print(f'guided sampler, {s.method}, {n} samples per call (compiled in {seconds:.0f} s)\n'
         f'  memory per device: arguments {_gib(m.argument_size_in_bytes)}, temporaries '
         f'{_gib(m.temp_size_in_bytes)}, outputs {_gib(m.output_size_in_bytes)}')
-  z = jax.ShapeDtypeStruct((n, size, size, ch), jnp.float32, sharding=batch_sharding)
+  z = jax.ShapeDtypeStruct((n, model_size, model_size, ch), jnp.float32, sharding=batch_sharding)
   compiled, seconds = _compile(jax.jit(guided_call), params, z, per_sample(jnp.int32))
   flops = _report(f'one guided sampling step ({2 * n} network rows)', compiled, seconds,
                   _PEAK.value, 'sampling step')
