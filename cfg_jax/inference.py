@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
@@ -83,7 +84,7 @@ class Pipeline:
       put = lambda a: jax.device_put(np.pad(a[start:stop], (0, pad), mode='edge'), batch)
       x = self._sample_batch(self.params, put(labels), put(w), put(np.arange(n)), key,
                              steps, v, method=method, clip=clip, guided=guided)
-      out.append(np.asarray(jax.device_get(x))[:stop - start])
+      out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
 
 

@@ -64,7 +64,7 @@ def init_state(model, tx, config, rng):
 
 
 def train_step(state, batch, *, model, tx, schedule, config):
-  """One step of Algorithm 1. A non-finite loss or gradient leaves the parameters unchanged."""
+  """One step of Algorithm 1. A non-finite loss, gradient or update leaves the state unchanged."""
   rng_drop, rng_loss = jax.random.split(step_rng(config.seed, state.step))
   labels = drop_labels(rng_drop, batch['label'], config.train.p_uncond, config.data.num_classes)
   loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch['image'], labels,
@@ -75,7 +75,7 @@ def train_step(state, batch, *, model, tx, schedule, config):
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
 
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                          ema_params=keep(ema_params, state.ema_params),
