@@ -167,11 +167,39 @@ def extractor_name(extractor):
   return getattr(extractor, 'name', None) or getattr(extractor, '__name__', repr(extractor))
 
 
-def score_features(features, logits, labels, reference, *, num_classes, k=3, splits=10, seed=0):
+def fd_bootstrap(features, reference, n_boot=50, seed=0):
+  """FD-clf of `n_boot` resamples (with replacement) of the sample features; reference fixed.
+
+  The resampled indices depend only on (len(features), seed), so two sample sets of the same
+  size whose row i shares its noise (a sweep) are resampled in pairs: the spread of the
+  differences of their bootstrap values is the paired error of their FD difference.
+  """
+  features = np.asarray(features, np.float64)
+  rng = np.random.default_rng(seed + 2)
+  out = []
+  for _ in range(n_boot):
+    f = features[rng.integers(0, len(features), len(features))]
+    out.append(frechet_distance(*feature_stats(f), reference.mu, reference.sigma))
+  return np.asarray(out)
+
+
+def fd_differences(rows):
+  """FD-clf(w_b) − FD-clf(w_a) for consecutive w of a sweep, with the paired bootstrap std."""
+  rows = sorted((r for r in rows if r.get('fd_clf_bootstrap')), key=lambda r: r['w'])
+  return [{'w_from': a['w'], 'w_to': b['w'], 'difference': b['fd_clf'] - a['fd_clf'],
+           'paired_std': float(np.std(np.subtract(b['fd_clf_bootstrap'], a['fd_clf_bootstrap'])))}
+          for a, b in zip(rows, rows[1:])
+          if len(a['fd_clf_bootstrap']) == len(b['fd_clf_bootstrap'])
+          and a['num_samples'] == b['num_samples']]
+
+
+def score_features(features, logits, labels, reference, *, num_classes, k=3, splits=10, seed=0,
+                   n_boot=50):
   """Every metric for one sample set given its features and logits; a flat dict.
 
   The Inception-style score uses a fixed random order of the samples, so its splits are not
   blocks of one class. Precision/recall compare with `len(features)` reference rows.
+  FD-clf comes with the std of `n_boot` bootstrap resamples (`fd_bootstrap`).
   """
   features, labels = np.asarray(features), np.asarray(labels).reshape(-1)
   n = len(features)
@@ -181,8 +209,11 @@ def score_features(features, logits, labels, reference, *, num_classes, k=3, spl
   is_mean, is_std = inception_score(probs[order], splits=min(splits, n))
   agreement, per_class = class_agreement(probs.argmax(-1), labels, num_classes)
   precision, recall = precision_recall(reference.subset(n, seed), features, k=k)
+  boot = fd_bootstrap(features, reference, n_boot, seed) if n_boot else np.zeros(0)
   return {
       'fd_clf': frechet_distance(mu, sigma, reference.mu, reference.sigma),
+      'fd_clf_std': float(boot.std()) if n_boot else None,
+      'fd_clf_bootstrap': [round(float(b), 5) for b in boot],
       'inception_score': is_mean,
       'inception_score_std': is_std,
       'class_agreement': agreement,
@@ -221,7 +252,7 @@ def real_floor(extractor, images, labels, reference, n, *, num_classes, seed=0, 
 
 # --- A guidance sweep ---------------------------------------------------------------------------
 
-ROW_KEYS = ('w', 'fd_clf', 'inception_score', 'inception_score_std', 'class_agreement',
+ROW_KEYS = ('w', 'fd_clf', 'fd_clf_std', 'inception_score', 'inception_score_std', 'class_agreement',
             'precision', 'recall', 'num_samples', 'extractor')
 
 
@@ -302,12 +333,14 @@ def sweep(pipe, extractor, reference, ws, num_samples, *, directory=None, steps=
 
 def format_table(rows, real=None, floatfmt='.3f'):
   """A Markdown table of sweep rows (and the real-data row first, if given)."""
-  head = ('w', 'FD-clf ↓', 'score ↑', 'class agreement ↑', 'precision ↑', 'recall ↑', 'samples')
+  head = ('w', 'FD-clf ↓ (± bootstrap std)', 'score ↑ (± split std)', 'class agreement ↑', 'precision ↑', 'recall ↑', 'samples')
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
 
   def line(label, r):
     vals = [format(r[key], floatfmt) for key in ('fd_clf', 'inception_score', 'class_agreement',
                                                    'precision', 'recall')]
+    if r.get('fd_clf_std') is not None:
+      vals[0] += f' ± {r["fd_clf_std"]:.2f}'
     vals[1] += f' ± {r["inception_score_std"]:.2f}'
     return '| ' + ' | '.join([label] + vals + [str(r['num_samples'])]) + ' |'
 

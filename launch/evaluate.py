@@ -21,7 +21,8 @@ from cfg_jax import cli, runtime
 
 DEFAULT_GUIDANCE = ['0', '0.1', '0.2', '0.3', '0.5', '1', '2', '4']
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir (its latest checkpoint).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
 _GUIDANCE = flags.DEFINE_list('guidance', DEFAULT_GUIDANCE, 'Values of w (paper convention).')
 _NUM = flags.DEFINE_integer('num_samples', 2000, 'Samples per w (classes balanced).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
@@ -70,9 +71,9 @@ def main(argv):
   if _SAMPLER.value is not None and _SAMPLER.value not in sampling.METHODS:
     cli.fail(f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
   try:
-    pipe = cfg_jax.load(_WORKDIR.value)
-    ckpt_step = checkpoint.manager(_WORKDIR.value, read_only=True).latest_step()
-  except checkpoint.CheckpointError as e:
+    pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
+    ckpt_step = _STEP.value or checkpoint.manager(_WORKDIR.value, read_only=True).latest_step()
+  except (checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
   config, k = pipe.config, pipe.num_classes
   s = config.sample
@@ -124,6 +125,8 @@ def main(argv):
     cli.fail(str(e))
 
   # --- Table, plot and grid ---------------------------------------------------------------------
+  diffs = metrics.fd_differences(rows)
+  metrics.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=rows, fd_differences=diffs))
   metrics.write_csv(os.path.join(out, 'metrics.csv'), rows, real)
   title = (f'{os.path.basename(os.path.normpath(_WORKDIR.value))} step {ckpt_step}, '
            f'p_uncond={config.train.p_uncond}, {method} {steps} steps')
@@ -139,6 +142,9 @@ def main(argv):
     visualize.guidance_grid(grid, ws, visualize.class_names(config), os.path.join(out, 'grid.png'),
                             title)
   print(metrics.format_table(rows, real))
+  for d in diffs:
+    print(f'FD-clf(w={d["w_to"]:g}) - FD-clf(w={d["w_from"]:g}) = {d["difference"]:+.3f} '
+          f'(paired bootstrap std {d["paired_std"]:.3f})')
   print(f'features: {extractor.name}; reference: {reference.name}; {_NUM.value} samples per w')
   print(f'wrote {out}/metrics.json, metrics.csv, tradeoff.png' + (', grid.png' if _GRID.value else ''))
 

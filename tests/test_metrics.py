@@ -179,3 +179,19 @@ def test_sweep_resumes_finished_w_and_resamples_changed_settings(tmp_path):
   assert pipe.calls[-1] == 0.0 and len(pipe.calls) == 4  # another checkpoint: drawn again
   images, saved_labels = metrics.load_samples(str(tmp_path), 0.0)
   assert images.dtype == np.uint8 and len(saved_labels) == 40
+
+
+def test_fd_bootstrap_pairs_resamples_across_sets():
+  rng = np.random.default_rng(8)
+  ref = metrics.Reference(rng.normal(size=(2000, 4)), 'ref')
+  x = rng.normal(size=(300, 4)) + 0.3
+  boot = metrics.fd_bootstrap(x, ref, n_boot=20)
+  assert boot.shape == (20,) and boot.std() > 0
+  np.testing.assert_array_equal(boot, metrics.fd_bootstrap(x + 0.0, ref, n_boot=20))
+  rows = [{'w': w, 'num_samples': 300, 'fd_clf': metrics.frechet_distance_features(x + s, ref.features),
+           'fd_clf_bootstrap': list(metrics.fd_bootstrap(x + s, ref, n_boot=20))}
+          for w, s in ((0.0, 0.0), (1.0, 0.0), (2.0, 1.0))]
+  d01, d12 = metrics.fd_differences(rows)
+  assert (d01['difference'], d01['paired_std']) == (0.0, 0.0)     # same samples: no noise
+  # A shift of every feature by 1 in 4 dims: FD rises by about 4 plus the 2·0.3 cross terms.
+  assert d12['difference'] == pytest.approx(4 + 2 * 4 * 0.3, rel=0.2) and d12['paired_std'] > 0
