@@ -285,8 +285,10 @@ def sample_for_w(pipe, w, labels, *, directory=None, steps=None, method=None, v=
       if (np.array_equal(saved['labels'], labels) and 'tag' in saved.files
           and str(saved['tag']) == tag):
         return saved['images'], True
-  x = pipe.sample(labels, np.full(len(labels), w, np.float32), steps=steps, method=method, v=v,
-                  seed=seed, batch_size=batch_size, progress=progress)
+  # At w = 0 the guided rule is exactly ε(z, c), so the unguided path (half the rows) suffices.
+  guidance = None if w == 0 else np.full(len(labels), w, np.float32)
+  x = pipe.sample(labels, guidance, steps=steps, method=method, v=v, seed=seed,
+                  batch_size=batch_size, progress=progress)
   images = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
   if path:
     tmp = path + '.tmp.npz'
@@ -350,6 +352,18 @@ def format_table(rows, real=None, floatfmt='.3f'):
   return '\n'.join(lines)
 
 
+def matched(rows, x_key, levels, y_key='fd_clf'):
+  """`y_key` at each level of `x_key`, interpolated linearly between the sweep's points.
+
+  Compares sweeps along their trade-off curves (e.g. FD-clf at equal class agreement) rather
+  than at equal w. The points are ordered by `x_key`; a level outside their range gives None.
+  """
+  pts = sorted((r[x_key], r[y_key]) for r in rows)
+  xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+  return [float(np.interp(level, xs, ys)) if xs and xs[0] <= level <= xs[-1] else None
+          for level in levels]
+
+
 def write_csv(path, rows, real=None):
   import csv  # pylint: disable=g-import-not-at-top
   with open(path, 'w', newline='', encoding='utf-8') as f:
@@ -371,33 +385,37 @@ def write_json(path, payload):
 def plot_tradeoff(rows, path=None, real=None, title=None):
   """FD-clf against the score, class agreement and precision/recall; one labelled point per w.
 
-  Saves a PNG to `path` if given; returns the matplotlib figure.
+  `rows` is one sweep's rows, or {label: rows} to draw several sweeps (e.g. one per p_uncond)
+  on the same axes. Saves a PNG to `path` if given; returns the matplotlib figure.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   if path:
     matplotlib.use('Agg', force=False)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  rows = sorted(rows, key=lambda r: r['w'])
-  fd = [r['fd_clf'] for r in rows]
-  panels = [('inception_score', 'score (classifier softmax) ↑', fd, 'FD-clf ↓'),
-            ('class_agreement', 'class agreement ↑', fd, 'FD-clf ↓'),
-            ('recall', 'recall ↑', [r['precision'] for r in rows], 'precision ↑')]
+  runs = rows if isinstance(rows, dict) else {None: rows}
+  panels = [('inception_score', 'score (classifier softmax) ↑', 'fd_clf', 'FD-clf ↓'),
+            ('class_agreement', 'class agreement ↑', 'fd_clf', 'FD-clf ↓'),
+            ('recall', 'recall ↑', 'precision', 'precision ↑')]
   fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  for ax, (key, xlabel, ys, ylabel) in zip(axes, panels):
-    xs = [r[key] for r in rows]
-    ax.plot(xs, ys, 'o-', color='tab:blue')
-    for x, y, r in zip(xs, ys, rows):
-      ax.annotate(f'w={r["w"]:g}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize=8)
+  for ax, (xkey, xlabel, ykey, ylabel) in zip(axes, panels):
+    for label, run in runs.items():
+      run = sorted(run, key=lambda r: r['w'])
+      xs, ys = [r[xkey] for r in run], [r[ykey] for r in run]
+      ax.plot(xs, ys, 'o-', label=label)
+      for x, y, r in zip(xs, ys, run):
+        ax.annotate(f'w={r["w"]:g}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7)
     if real is not None:
-      ry = real['precision'] if key == 'recall' else real['fd_clf']
-      ax.plot([real[key]], [ry], '*', color='tab:red', markersize=12, label='real train data')
+      ax.plot([real[xkey]], [real[ykey]], '*', color='tab:red', markersize=12,
+              label='real train data')
+    if real is not None or len(runs) > 1:
       ax.legend(fontsize=8, loc='best')
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-  if rows:
-    n, name = rows[0]['num_samples'], rows[0]['extractor']
+  first = next((run for run in runs.values() if run), None)
+  if first:
+    n, name = first[0]['num_samples'], first[0]['extractor']
     fig.suptitle((title + '\n' if title else '') + f'{n} samples per w; features: {name}',
                  fontsize=9)
   fig.tight_layout()

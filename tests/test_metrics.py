@@ -144,10 +144,11 @@ class _StubPipe:
     self.calls = []
 
   def sample(self, labels, w, *, steps, method, v, seed, batch_size, progress):
-    self.calls.append(float(w[0]))
+    self.calls.append(None if w is None else float(w[0]))
     rng = np.random.default_rng(seed)
     base = labels[:, None, None, None] / 2.0 - 0.75
-    return np.clip(base + 0.1 * (1 + w[0]) * rng.normal(size=(len(labels), 4, 4, 1)), -1, 1)
+    spread = 0.1 * (1 + (0.0 if w is None else w[0]))
+    return np.clip(base + spread * rng.normal(size=(len(labels), 4, 4, 1)), -1, 1)
 
 
 def _stub_extractor(images):
@@ -164,21 +165,30 @@ def test_sweep_resumes_finished_w_and_resamples_changed_settings(tmp_path):
                                           + 0.1 * rng.normal(size=(400, 4, 4, 1)))[0], 'stub')
   kw = dict(directory=str(tmp_path), progress=False, tag='ckpt@1')
   rows = metrics.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
-  assert pipe.calls == [0.0, 8.0]
+  assert pipe.calls == [None, 8.0]                      # w = 0 takes the unguided path
   assert [r['reused_samples'] for r in rows] == [False, False]
   assert rows[0]['class_agreement'] > rows[1]['class_agreement']
   assert rows[0]['fd_clf'] < rows[1]['fd_clf']
 
   os.remove(tmp_path / 'samples_w8.npz')                 # "interrupted" before w = 8 finished
   again = metrics.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
-  assert pipe.calls == [0.0, 8.0, 8.0]                   # only the missing w is sampled
+  assert pipe.calls == [None, 8.0, 8.0]                   # only the missing w is sampled
   for a, b in zip(rows, again):
     assert a['fd_clf'] == b['fd_clf'] and a['precision'] == b['precision']
 
   metrics.sweep(pipe, _stub_extractor, ref, [0.0], 40, **dict(kw, tag='ckpt@2'))
-  assert pipe.calls[-1] == 0.0 and len(pipe.calls) == 4  # another checkpoint: drawn again
+  assert pipe.calls[-1] is None and len(pipe.calls) == 4  # another checkpoint: drawn again
   images, saved_labels = metrics.load_samples(str(tmp_path), 0.0)
   assert images.dtype == np.uint8 and len(saved_labels) == 40
+
+
+def test_matched_interpolates_along_the_curve():
+  rows = [{'w': 0.0, 'class_agreement': 0.4, 'fd_clf': 10.0},
+          {'w': 4.0, 'class_agreement': 0.8, 'fd_clf': 7.0},
+          {'w': 1.0, 'class_agreement': 0.6, 'fd_clf': 8.0}]
+  got = metrics.matched(rows, 'class_agreement', [0.4, 0.5, 0.7, 0.8, 0.3, 0.9])
+  assert got[:4] == pytest.approx([10.0, 9.0, 7.5, 7.0])
+  assert got[4:] == [None, None]
 
 
 def test_fd_bootstrap_pairs_resamples_across_sets():

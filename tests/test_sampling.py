@@ -110,6 +110,16 @@ def test_guidance_moves_samples_away_from_other_classes():
   assert np.mean(x0 > 0) > 0.005            # the overlap was there to remove
 
 
+@pytest.mark.parametrize('method', ['ancestral', 'dpmpp2m'])
+def test_unguided_path_equals_guidance_w0(method):
+  """w = None (B rows) gives the samples of w = 0 (2B rows): the sweep's shortcut at w = 0."""
+  labels, key = jnp.arange(12) % 3, jax.random.key(5)
+  x_none = _jitted(method)(labels, None, key, steps=16)
+  x_w0 = _jitted(method)(labels, jnp.zeros(12), key, steps=16)
+  np.testing.assert_allclose(x_none, x_w0, atol=1e-5)
+  assert np.abs(np.asarray(x_none)).max() > 0.1
+
+
 # --- One network call per step, no collectives, no recompiles --------------------------------
 
 
