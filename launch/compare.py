@@ -66,31 +66,35 @@ def _fmt(x):
   return '–' if x is None else f'{x:.2f}'
 
 
-def report(runs, results):
+def _per_w_table(runs, header, cell):
+  """A Markdown table with a row per w and a column per run; `cell(row)` formats one entry."""
+  by_w = [{r['w']: r for r in rows} for rows in runs.values()]
+  lines = ['| w | ' + ' | '.join(f'{label}: {header}' for label in runs) + ' |',
+           '|---|' + '---|' * len(runs)]
+  for w in sorted(set().union(*by_w)):
+    lines.append(f'| {w:g} | ' + ' | '.join(cell(d[w]) if w in d else '–' for d in by_w) + ' |')
+  return lines
+
+
+def report(runs, results, num_levels):
   """The Markdown comparison of runs {label: rows}."""
   s, labels = results[0]['settings'], list(runs)
   lines = [f'Extractor {results[0]["extractor"]["description"]}; reference '
            f'{results[0]["reference"]}; {s["num_samples_per_w"]} samples per w; {s["sampler"]} '
            f'{s["steps"]} steps, seed {s["seed"]}. Checkpoints: ' + ', '.join(
                f'{label} step {r["settings"]["checkpoint_step"]}' for label, r in zip(labels, results)),
-           '', '| w | ' + ' | '.join(f'{label}: FD-clf / score / agreement' for label in labels) + ' |',
-           '|---|' + '---|' * len(labels)]
-  by_w = [{r['w']: r for r in rows} for rows in runs.values()]
-  for w in sorted(set().union(*by_w)):
-    cells = [f'{d[w]["fd_clf"]:.2f} ± {d[w]["fd_clf_std"]:.2f} / {d[w]["inception_score"]:.2f} / '
-             f'{d[w]["class_agreement"]:.3f}' if w in d else '–' for d in by_w]
-    lines.append(f'| {w:g} | ' + ' | '.join(cells) + ' |')
-  lines += ['', '| w | ' + ' | '.join(f'{label}: precision / recall' for label in labels) + ' |',
-            '|---|' + '---|' * len(labels)]
-  for w in sorted(set().union(*by_w)):
-    cells = [f'{d[w]["precision"]:.3f} / {d[w]["recall"]:.3f}' if w in d else '–' for d in by_w]
-    lines.append(f'| {w:g} | ' + ' | '.join(cells) + ' |')
+           '']
+  lines += _per_w_table(runs, 'FD-clf / score / agreement', lambda r: (
+      f'{r["fd_clf"]:.2f} ± {r["fd_clf_std"]:.2f} / {r["inception_score"]:.2f} / '
+      f'{r["class_agreement"]:.3f}'))
+  lines += [''] + _per_w_table(runs, 'precision / recall',
+                               lambda r: f'{r["precision"]:.3f} / {r["recall"]:.3f}')
   lines += ['', '| | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
   best = [min(rows, key=lambda r: r['fd_clf']) for rows in runs.values()]
   lines.append('| lowest FD-clf (at w) | ' + ' | '.join(
       f'{b["fd_clf"]:.2f} (w={b["w"]:g})' for b in best) + ' |')
   for key, name in (('class_agreement', 'class agreement'), ('inception_score', 'score')):
-    levels = _levels(runs, key, _LEVELS.value)
+    levels = _levels(runs, key, num_levels)
     fds = [metrics.matched(rows, key, levels) for rows in runs.values()]
     for i, level in enumerate(levels):
       lines.append(f'| FD-clf at {name} {level:.3f} | ' + ' | '.join(_fmt(f[i]) for f in fds) + ' |')
@@ -105,7 +109,7 @@ def main(argv):
   results = [_load(folder) for folder in folders]
   _check_comparable(results, folders)
   runs = dict(zip(_labels(results), (r['rows'] for r in results)))
-  text = report(runs, results)
+  text = report(runs, results, _LEVELS.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value + '.md', 'w', encoding='utf-8') as f:
     f.write(text + '\n')
