@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, train the default Fashion-MNIST config (about 30
 # minutes on a 2-core CPU; rerun to resume), then draw a guidance grid with the EMA weights.
+#
+#   bash launch/quickstart.sh [--config.KEY=VALUE ...]      # flags go to launch/train.py
+#   CONFIG=configs/fashion_mnist.py:tiny WORKDIR=/tmp/smoke bash launch/quickstart.sh
+#
+# The grid's size follows the config (config.sample.guidance and per_class), so a smoke run of
+# the tiny config takes seconds. tests/test_quickstart.py runs exactly this on a scratch copy.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash launch/setup_env.sh
+CONFIG=${CONFIG:-configs/fashion_mnist.py}
 WORKDIR=${WORKDIR:-workdirs/fmnist}
-.venv/bin/python launch/train.py --config=configs/fashion_mnist.py --workdir="$WORKDIR" "$@"
-.venv/bin/python launch/sample.py --workdir="$WORKDIR" --guidance=0,0.3,1,4 --per_class=8 \
-  --out="$WORKDIR/samples/final"
+bash launch/setup_env.sh
+.venv/bin/python launch/train.py --config="$CONFIG" --workdir="$WORKDIR" "$@"
+.venv/bin/python launch/sample.py --workdir="$WORKDIR" --out="$WORKDIR/samples/final"

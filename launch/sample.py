@@ -3,6 +3,9 @@
   python launch/sample.py --workdir=workdirs/fmnist --guidance=0,0.3,1,4 --per_class=8 \
       --steps=64 --sampler=ancestral --out=workdirs/fmnist/samples
 
+Without --guidance or --per_class the grid follows the run's config (config.sample.guidance and
+per_class), so the tiny config's grid is as small as its model.
+
 Writes OUT/grid.png (rows = classes, column blocks = w) and OUT/samples.npz (images in [−1, 1],
 labels, w). The whole sweep (every w, every class) runs as batched calls of one compiled sampler.
 """
@@ -13,8 +16,10 @@ from absl import app, flags
 from cfg_jax import cli, runtime
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir (its latest checkpoint).')
-_GUIDANCE = flags.DEFINE_list('guidance', ['0', '0.3', '1', '4'], 'Values of w (paper convention).')
-_PER_CLASS = flags.DEFINE_integer('per_class', 8, 'Samples per class and w.')
+_GUIDANCE = flags.DEFINE_list('guidance', None,
+                              "Values of w (paper convention; default: the config's sample.guidance).")
+_PER_CLASS = flags.DEFINE_integer('per_class', None,
+                                  "Samples per class and w (default: the config's sample.per_class).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
 _SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v (default: config).')
@@ -28,7 +33,7 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   try:
-    ws = [float(w) for w in _GUIDANCE.value]
+    ws = [float(w) for w in _GUIDANCE.value] if _GUIDANCE.value else None
   except ValueError:
     cli.fail(f'--guidance must be numbers separated by commas, got {",".join(_GUIDANCE.value)!r}')
   runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
@@ -48,11 +53,13 @@ def main(argv):
     cli.fail(f'--classes must be integers, got {",".join(_CLASSES.value)!r}')
   if any(not 0 <= c < k for c in classes):
     cli.fail(f'--classes must lie in [0, {k}), got {classes}')
-  if _PER_CLASS.value < 1 or (_STEPS.value is not None and _STEPS.value < 2):
+  if (_PER_CLASS.value is not None and _PER_CLASS.value < 1) or (
+      _STEPS.value is not None and _STEPS.value < 2):
     cli.fail('--per_class must be >= 1 and --steps >= 2')
 
   # One flat batch over (w, class, repeat): every w in the same compiled calls.
-  n = _PER_CLASS.value
+  ws = list(pipe.config.sample.guidance) if ws is None else ws
+  n = _PER_CLASS.value or max(pipe.config.sample.per_class, 1)
   w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
   labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
   try:

@@ -14,4 +14,5 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[${1:-}]"
+# pip 26 rejects an empty extras list (".[]"): no extras, no brackets.
+.venv/bin/python -m pip install -q -e ".${1:+[$1]}"
