@@ -3,6 +3,8 @@ import difflib
 
 import ml_collections
 
+from cfg_jax import diffusion, sampling, training
+
 
 class ConfigError(ValueError):
   """A config that cannot run: unknown key, wrong type, or values that do not fit together."""
@@ -25,9 +27,12 @@ def base_config():
   )
 
   config.diffusion = dict(
-      logsnr_min=-20.0,
+      logsnr_min=-20.0,       # training λ range (and the schedule λ(u) maps onto it)
       logsnr_max=20.0,
       prediction='eps',       # 'eps' (paper) or 'v'
+      train_logsnr='cosine',  # λ of Algorithm 1: 'cosine' (paper: λ(u), u ~ U[0,1]) or 'normal'
+      train_logsnr_mean=2.4,  # 'normal': λ ~ N(mean, std²), EDM's log-normal σ by default
+      train_logsnr_std=2.4,
   )
 
   config.model = dict(
@@ -47,8 +52,13 @@ def base_config():
       p_uncond=0.1,           # Algorithm 1: probability of replacing the label by ∅
       learning_rate=2e-4,
       warmup_steps=1000,
+      lr_schedule='constant', # after warm-up: 'constant' (paper) or 'cosine' decay to 0
+      loss_weighting='none',  # 'none' (paper: plain ε-MSE), 'min_snr' (γ), 'edm' (σ_data)
+      min_snr_gamma=5.0,
+      edm_sigma_data=0.5,
       grad_clip=1.0,
       ema_decay=0.9999,       # with warm-up: min(decay, (1 + t) / (10 + t))
+      ema_power=0.0,          # > 0: EDM2's power-function EMA with this γ instead of ema_decay
       on_nonfinite='stop',    # 'stop' (keep the last good checkpoint) or 'skip' the update
       log_every=50,
       checkpoint_every=1000,
@@ -60,6 +70,10 @@ def base_config():
       method='ancestral',     # 'ancestral' (Algorithm 2), 'ddim', 'dpmpp2m'
       steps=256,
       v=0.3,                  # ancestral variance interpolation (paper: 0.3 at 64x64)
+      grid='cosine',          # time grid: 'cosine' (paper: uniform u), 'logsnr' (uniform λ), 'edm'
+      logsnr_min=-20.0,       # the grid's λ range (paper: the training range)
+      logsnr_max=20.0,
+      rho=7.0,                # 'edm' grid's ρ
       clip=True,              # clip x̃ to [-1, 1]
       guidance=(0.0, 0.3, 1.0, 4.0),
       per_class=4,           # samples per class and w in training grids (0 = no grids)
@@ -103,6 +117,11 @@ def check_schema(config, schema=None, prefix='config'):
                         f'{type(default).__name__} like {default!r}')
 
 
+def _choice(name, value, allowed):
+  if value not in allowed:
+    raise ConfigError(f'{name}={value!r}: use one of {", ".join(allowed)}')
+
+
 def validate(config):
   """Catches settings that would otherwise fail deep inside jit; raises ConfigError."""
   check_schema(config)
@@ -113,11 +132,25 @@ def validate(config):
     raise ConfigError('config.train.batch_size must be > 0 and config.train.num_steps >= 0')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ConfigError(f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
-  if config.diffusion.prediction not in ('eps', 'v'):
-    raise ConfigError(
-        f"config.diffusion.prediction={config.diffusion.prediction!r}: use 'eps' or 'v'")
-  if s.method not in ('ancestral', 'ddim', 'dpmpp2m'):
-    raise ConfigError(f"config.sample.method={s.method!r}: use 'ancestral', 'ddim' or 'dpmpp2m'")
+  d = config.diffusion
+  if d.prediction not in ('eps', 'v'):
+    raise ConfigError(f"config.diffusion.prediction={d.prediction!r}: use 'eps' or 'v'")
+  _choice('config.diffusion.train_logsnr', d.train_logsnr, diffusion.TRAIN_LOGSNR)
+  _choice('config.train.lr_schedule', t.lr_schedule, training.LR_SCHEDULES)
+  _choice('config.train.loss_weighting', t.loss_weighting, training.LOSS_WEIGHTINGS)
+  _choice('config.sample.method', s.method, sampling.METHODS)
+  _choice('config.sample.grid', s.grid, sampling.GRIDS)
+  for name, value in (('diffusion.train_logsnr_std', d.train_logsnr_std),
+                      ('train.min_snr_gamma', t.min_snr_gamma),
+                      ('train.edm_sigma_data', t.edm_sigma_data), ('sample.rho', s.rho)):
+    if not value > 0:   # also refuses NaN
+      raise ConfigError(f'config.{name}={value} must be > 0')
+  if not t.ema_power >= 0:
+    raise ConfigError(f'config.train.ema_power={t.ema_power} must be >= 0 (0: constant decay)')
+  for group in ('diffusion', 'sample'):
+    lo, hi = config[group].logsnr_min, config[group].logsnr_max
+    if not lo < hi:
+      raise ConfigError(f'config.{group}.logsnr_min={lo} must be < logsnr_max={hi}')
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
   if config.data.num_classes < 1:

@@ -26,6 +26,25 @@ def logsnr_schedule(u, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
                    2.0 * jnp.log(jnp.tan(complement)))
 
 
+TRAIN_LOGSNR = ('cosine', 'normal')
+
+
+def sample_training_logsnr(rng, shape, *, kind='cosine', logsnr_min=LOGSNR_MIN,
+                           logsnr_max=LOGSNR_MAX, mean=2.4, std=2.4):
+  """Draws the training noise levels λ of Algorithm 1.
+
+  'cosine' (paper): λ(u) with u ~ U[0, 1], the truncated hyperbolic-secant density over
+  [λ_min, λ_max]. 'normal': λ ~ N(mean, std²) clipped to [λ_min, λ_max]; this is EDM's
+  log-normal σ, since EDM's σ is σ_λ/α_λ = e^{−λ/2}: ln σ ~ N(P_mean, P_std²) is λ ~
+  N(−2 P_mean, (2 P_std)²), and EDM's P_mean = −1.2, P_std = 1.2 give the defaults.
+  """
+  if kind == 'cosine':
+    return logsnr_schedule(jax.random.uniform(rng, shape), logsnr_min, logsnr_max)
+  if kind == 'normal':
+    return jnp.clip(mean + std * jax.random.normal(rng, shape), logsnr_min, logsnr_max)
+  raise ValueError(f'unknown training λ distribution {kind!r}; choose one of {TRAIN_LOGSNR}')
+
+
 def noise_level_input(logsnr):
   """The network's view of the noise level, arctan(exp(−λ/2)) / (π/2) ∈ (0, 1)."""
   return jnp.arctan(jnp.exp(-0.5 * logsnr)) / (0.5 * jnp.pi)
@@ -38,15 +57,15 @@ def alpha_sigma(logsnr):
           jnp.exp(0.5 * jax.nn.log_sigmoid(-logsnr)))
 
 
-def _bcast(a, x):
-  """Per-example coefficients (B,) broadcast against a batch x of shape (B, ...)."""
+def bcast(a, x):
+  """Per-example coefficients (B,) (or a scalar) broadcast against a batch x of shape (B, ...)."""
   return jnp.reshape(a, jnp.shape(a) + (1,) * (jnp.ndim(x) - jnp.ndim(a)))
 
 
 def diffuse(x, logsnr, eps):
   """z_λ = α_λ x + σ_λ ε, a sample of q(z_λ | x)."""
   alpha, sigma = alpha_sigma(logsnr)
-  return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+  return bcast(alpha, x) * x + bcast(sigma, x) * eps
 
 
 def posterior(z, x, logsnr, logsnr_next):
@@ -57,8 +76,8 @@ def posterior(z, x, logsnr, logsnr_next):
   alpha, _ = alpha_sigma(logsnr)
   alpha_next, sigma_next = alpha_sigma(logsnr_next)
   d = logsnr - logsnr_next                      # < 0
-  mean = (_bcast(jnp.exp(d) * alpha_next / alpha, z) * z
-          + _bcast(-jnp.expm1(d) * alpha_next, x) * x)
+  mean = (bcast(jnp.exp(d) * alpha_next / alpha, z) * z
+          + bcast(-jnp.expm1(d) * alpha_next, x) * x)
   log_var = jnp.log(-jnp.expm1(d)) + 2.0 * jnp.log(sigma_next)
   return mean, log_var
 
@@ -72,22 +91,22 @@ def forward_log_var(logsnr, logsnr_next):
 def predict_x(z, eps, logsnr):
   """x̂ = (z − σ ε̂) / α."""
   alpha, sigma = alpha_sigma(logsnr)
-  return (z - _bcast(sigma, z) * eps) / _bcast(alpha, z)
+  return (z - bcast(sigma, z) * eps) / bcast(alpha, z)
 
 
 def predict_eps(z, x, logsnr):
   """ε̂ = (z − α x̂) / σ, the ε consistent with a (possibly clipped) x̂."""
   alpha, sigma = alpha_sigma(logsnr)
-  return (z - _bcast(alpha, z) * x) / _bcast(sigma, z)
+  return (z - bcast(alpha, z) * x) / bcast(sigma, z)
 
 
 def v_target(x, eps, logsnr):
   """v = α ε − σ x (Salimans & Ho 2022), an optional prediction target."""
   alpha, sigma = alpha_sigma(logsnr)
-  return _bcast(alpha, x) * eps - _bcast(sigma, x) * x
+  return bcast(alpha, x) * eps - bcast(sigma, x) * x
 
 
 def eps_from_v(z, v, logsnr):
   """ε = σ z + α v, turning a v-prediction into the ε the samplers consume."""
   alpha, sigma = alpha_sigma(logsnr)
-  return _bcast(sigma, z) * z + _bcast(alpha, z) * v
+  return bcast(sigma, z) * z + bcast(alpha, z) * v

@@ -47,11 +47,12 @@ class Pipeline:
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
   def _sample_batch_impl(self, params, labels, w, indices, key, steps, v, *, method, clip, guided):
-    d = self.config.diffusion
+    s = self.config.sample
     return sampling.sample(
-        eps_fn_for(self.model, params, d.prediction), labels, w if guided else None, key,
-        shape=self.shape, null_label=self.num_classes, steps=steps, method=method, v=v,
-        clip=clip, indices=indices, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
+        eps_fn_for(self.model, params, self.config.diffusion.prediction), labels,
+        w if guided else None, key, shape=self.shape, null_label=self.num_classes, steps=steps,
+        method=method, v=v, clip=clip, indices=indices, grid=s.grid, logsnr_min=s.logsnr_min,
+        logsnr_max=s.logsnr_max, rho=s.rho)
 
   def sample(self, labels, w=0.0, *, steps=None, method=None, seed=0, v=None, clip=None,
              batch_size=256, progress=False):

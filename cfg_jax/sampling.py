@@ -18,26 +18,43 @@ from cfg_jax import diffusion, guidance
 METHODS = ('ancestral', 'ddim', 'dpmpp2m')
 
 
-def logsnr_grid(t, steps, logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX):
-  """λ_t at uniformly spaced u: t = 0 is λ_min (noise), t = steps − 1 is λ_max."""
-  u = 1.0 - t / jnp.maximum(steps - 1, 1).astype(jnp.float32)
-  return diffusion.logsnr_schedule(u, logsnr_min, logsnr_max)
+GRIDS = ('cosine', 'logsnr', 'edm')
+
+
+def logsnr_grid(t, steps, *, grid='cosine', logsnr_min=diffusion.LOGSNR_MIN,
+                logsnr_max=diffusion.LOGSNR_MAX, rho=7.0):
+  """λ_t for t = 0 … steps − 1: t = 0 is λ_min (noise), t = steps − 1 is λ_max (clean).
+
+  'cosine' (paper): uniformly spaced u through the training schedule λ(u). 'logsnr': uniform in
+  λ. 'edm': Karras et al.'s ρ-spacing of σ = e^{−λ/2} (their σ is σ_λ/α_λ):
+  σ_t = (σ_max^{1/ρ} + t/(steps − 1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+  """
+  frac = t / jnp.maximum(steps - 1, 1).astype(jnp.float32)
+  if grid == 'cosine':
+    return diffusion.logsnr_schedule(1.0 - frac, logsnr_min, logsnr_max)
+  if grid == 'logsnr':
+    return logsnr_min + frac * (logsnr_max - logsnr_min)
+  if grid == 'edm':   # in log space: ln σ^{1/ρ} = −λ/(2ρ)
+    root_max, root_min = jnp.exp(-logsnr_min / (2 * rho)), jnp.exp(-logsnr_max / (2 * rho))
+    return -2.0 * rho * jnp.log(root_max + frac * (root_min - root_max))
+  raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(GRIDS)}')
 
 
 # --- Pure update rules: (z_t, x̃_t) at λ_t → z at the cleaner λ_next ----------------------------
+
+# Every λ is one value per example, shape (B,), broadcast against z by diffusion.bcast.
 
 def ancestral_step(z, x, logsnr, logsnr_next, noise, v):
   """z ~ N(μ̃(z, x̃), (σ̃²)^(1−v) (σ²_{λ|λ′})^v): Algorithm 2's update."""
   mean, log_var_post = diffusion.posterior(z, x, logsnr, logsnr_next)
   log_var = (1.0 - v) * log_var_post + v * diffusion.forward_log_var(logsnr, logsnr_next)
-  return mean + jnp.exp(0.5 * log_var) * noise
+  return mean + diffusion.bcast(jnp.exp(0.5 * log_var), z) * noise
 
 
 def ddim_step(z, x, logsnr, logsnr_next):
   """Deterministic DDIM (η = 0): keep ε̂, move x̂ to the next noise level."""
   eps = diffusion.predict_eps(z, x, logsnr)
-  alpha, sigma = diffusion.alpha_sigma(logsnr_next)
-  return alpha * x + sigma * eps
+  return diffusion.diffuse(x, logsnr_next, eps)
 
 
 def dpmpp2m_step(z, x, x_prev, logsnr_prev, logsnr, logsnr_next, first_order):
@@ -50,9 +67,11 @@ def dpmpp2m_step(z, x, x_prev, logsnr_prev, logsnr, logsnr_next, first_order):
   _, sigma = diffusion.alpha_sigma(logsnr)
   alpha_next, sigma_next = diffusion.alpha_sigma(logsnr_next)
   h = 0.5 * (logsnr_next - logsnr)
-  r = 0.5 * (logsnr - logsnr_prev) / h
-  d = jnp.where(first_order, x, (1.0 + 0.5 / r) * x - (0.5 / r) * x_prev)
-  return (sigma_next / sigma) * z - alpha_next * jnp.expm1(-h) * d
+  r = jnp.where(first_order, 1.0, 0.5 * (logsnr - logsnr_prev) / h)  # no 0/0 without history
+  c = diffusion.bcast(0.5 / r, x)
+  d = jnp.where(first_order, x, (1.0 + c) * x - c * x_prev)
+  return (diffusion.bcast(sigma_next / sigma, z) * z
+          - diffusion.bcast(alpha_next * jnp.expm1(-h), d) * d)
 
 
 # --- The loop --------------------------------------------------------------------------------
@@ -63,14 +82,16 @@ def _noise(keys, t, shape):
 
 
 def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestral', v=0.3,
-           clip=True, rule=guidance.classifier_free, indices=None,
-           logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX):
+           clip=True, rule=guidance.classifier_free, indices=None, grid='cosine',
+           logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX, rho=7.0):
   """Draws one sample per label; returns x̃ at λ_max, shape (B, *shape), float32.
 
   eps_fn(z, logsnr, labels) -> ε for a batch (any jittable denoiser); `null_label` is the
   label it treats as ∅. w: (B,) or scalar guidance strength, or None for no guidance (one
   B-sized network call per step). rng: a key; sample i's noise comes from fold_in(rng, index_i),
   index_i = indices[i] (default i), so samples do not depend on batch size or devices.
+  grid, logsnr_min, logsnr_max, rho: the time grid (`logsnr_grid`); the paper's is 'cosine'
+  over [−20, 20].
   """
   if method not in METHODS:
     raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(METHODS)}')
@@ -82,34 +103,36 @@ def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestra
   if guided:
     w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (b,))
     pair_labels = jnp.stack([labels, jnp.full_like(labels, null_label)], 1).reshape(2 * b)
-  grid = functools.partial(logsnr_grid, steps=jnp.asarray(steps), logsnr_min=logsnr_min,
-                           logsnr_max=logsnr_max)
+  if grid not in GRIDS:
+    raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(GRIDS)}')
+  lam = lambda t: jnp.full((b,), logsnr_grid(t, jnp.asarray(steps), grid=grid, rho=rho,
+                                             logsnr_min=logsnr_min, logsnr_max=logsnr_max))
 
   def denoise(z, logsnr):
     """x̃ = (z − σ ε̃)/α with ε̃ from one network call (2B rows when guided)."""
-    logsnr_b = jnp.full((b,), logsnr)
     if guided:
       pairs = jnp.stack([z, z], 1).reshape((2 * b,) + z.shape[1:])
-      eps = eps_fn(pairs, jnp.repeat(logsnr_b, 2), pair_labels).reshape((b, 2) + z.shape[1:])
-      eps = rule(eps[:, 0], eps[:, 1], w, guidance.StepInfo(z, logsnr_b))
+      eps = eps_fn(pairs, jnp.repeat(logsnr, 2), pair_labels).reshape((b, 2) + z.shape[1:])
+      eps = rule(eps[:, 0], eps[:, 1], w, guidance.StepInfo(z, logsnr))
     else:
-      eps = eps_fn(z, logsnr_b, labels)
+      eps = eps_fn(z, logsnr, labels)
     x = diffusion.predict_x(z, eps, logsnr)
     return jnp.clip(x, -1.0, 1.0) if clip else x
 
   def body(t, carry):
-    z, x_prev = carry
-    logsnr, logsnr_next = grid(t), grid(t + 1)
+    z, x_prev, logsnr_prev, logsnr = carry   # λ_prev is only read after the first step
+    logsnr_next = lam(t + 1)
     x = denoise(z, logsnr)
     if method == 'ancestral':
       z = ancestral_step(z, x, logsnr, logsnr_next, _noise(keys, t + 1, shape), v)
     elif method == 'ddim':
       z = ddim_step(z, x, logsnr, logsnr_next)
     else:
-      z = dpmpp2m_step(z, x, x_prev, grid(t - 1), logsnr, logsnr_next,
+      z = dpmpp2m_step(z, x, x_prev, logsnr_prev, logsnr, logsnr_next,
                        (t == 0) | (t == steps - 2))
-    return z, x
+    return z, x, logsnr, logsnr_next
 
   z = _noise(keys, 0, shape)
-  z, _ = jax.lax.fori_loop(0, steps - 1, body, (z, jnp.zeros_like(z)))
-  return denoise(z, grid(steps - 1))
+  start = lam(0)
+  z, _, _, logsnr = jax.lax.fori_loop(0, steps - 1, body, (z, jnp.zeros_like(z), start, start))
+  return denoise(z, logsnr)

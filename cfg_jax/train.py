@@ -10,6 +10,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorboardX
 import tqdm
@@ -130,34 +131,42 @@ def train_and_evaluate(config, workdir):
   window_start, window_steps = time.perf_counter(), 0
   pipe = None
   stop = runtime.StopSignal()
+  window = None   # metrics summed on the device since the last log; read only at log steps
   try:
     for step in range(start, t.num_steps):
       batch = next(batches)
       data.check_labels(batch['label'], config.data.num_classes)
       state, metrics = train_step(state, sharding.global_batch(batch, mesh))
+      window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
       bar.update(1)
       done = step + 1
+      saving = done % t.checkpoint_every == 0 or done == t.num_steps
+      stopping = stop.reached(done)
 
-      if done % t.log_every == 0 or done == t.num_steps or not metrics['finite']:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not metrics.pop('finite'):
-          if t.on_nonfinite == 'stop':
-            raise NonFiniteError(
-                f'non-finite loss or gradient at step {done} (loss={metrics["loss"]}); stopped '
-                f'without saving, the last good checkpoint is kept. Lower the learning rate or '
-                f"set --config.train.on_nonfinite=skip")
-          log.warning('non-finite loss or gradient at step %d: update skipped', done)
+      if done % t.log_every == 0 or saving or stopping:
+        # The host's only sync: the non-finite check covers every step since the last read,
+        # so no checkpoint is written after a non-finite step went unnoticed.
+        window = {k: float(v) for k, v in jax.device_get(window).items()}
+        nonfinite = int(window.pop('nonfinite'))
+        if nonfinite and t.on_nonfinite == 'stop':
+          raise NonFiniteError(
+              f'non-finite loss or gradient up to step {done} ({nonfinite} of the last '
+              f'{window_steps} steps); stopped without saving, the last good checkpoint is kept. '
+              f'Lower the learning rate or set --config.train.on_nonfinite=skip')
+        if nonfinite:
+          log.warning('non-finite loss or gradient in %d of the %d steps up to step %d: updates '
+                      'skipped', nonfinite, window_steps, done)
         elapsed = time.perf_counter() - window_start
+        metrics = {k: v / window_steps for k, v in window.items()}   # means over the window
         metrics['steps_per_sec'] = window_steps / elapsed
         metrics['images_per_sec'] = window_steps * t.batch_size / elapsed
         if writer is None and is_main:
           writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
         _log_metrics(writer, done, metrics, bar)
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window = time.perf_counter(), 0, None
 
-      stopping = stop.reached(done)
-      if done % t.checkpoint_every == 0 or done == t.num_steps or stopping:
+      if saving or stopping:
         checkpoint.save(mngr, state, config)
       if stopping:
         log.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped', done, workdir)

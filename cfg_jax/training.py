@@ -17,11 +17,43 @@ class TrainState:
   opt_state: Any
 
 
+LR_SCHEDULES = ('constant', 'cosine')
+LOSS_WEIGHTINGS = ('none', 'min_snr', 'edm')
+
+
 def make_optimizer(train_config):
-  """Adam with linear warm-up and global-norm gradient clipping; returns (tx, lr schedule)."""
-  schedule = optax.linear_schedule(0.0, train_config.learning_rate, max(train_config.warmup_steps, 1))
-  tx = optax.chain(optax.clip_by_global_norm(train_config.grad_clip), optax.adam(schedule))
+  """Adam with linear warm-up and global-norm gradient clipping; returns (tx, lr schedule).
+
+  After the warm-up the rate stays constant (paper) or follows a cosine to 0 at num_steps.
+  """
+  t = train_config
+  warmup = max(t.warmup_steps, 1)
+  if t.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup,
+                                                  max(t.num_steps, warmup + 1))
+  else:
+    schedule = optax.linear_schedule(0.0, t.learning_rate, warmup)
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
   return tx, schedule
+
+
+def log_loss_weight(logsnr, *, weighting, prediction, gamma=5.0, sigma_data=0.5):
+  """log of the factor on the MSE of the network's own target (ε or v) that turns it into the
+  chosen weighting; 0 for 'none' (the paper's plain ε-MSE, or plain v-MSE).
+
+  Every weighting is a weight on ‖x̂ − x‖²: ε-MSE is SNR·‖x̂ − x‖² and v-MSE is
+  (SNR + 1)·‖x̂ − x‖², SNR = e^λ. 'min_snr' (Hang et al. 2023) weights x by min(SNR, γ);
+  'edm' (Karras et al. 2022) by 1/σ² + 1/σ_data² = SNR + 1/σ_data² (σ = e^{−λ/2}).
+  Computed in log space so that |λ| = 20 is exact in float32.
+  """
+  native = logsnr if prediction == 'eps' else jax.nn.softplus(logsnr)
+  if weighting == 'none':
+    return jnp.zeros_like(logsnr)
+  if weighting == 'min_snr':
+    return jnp.minimum(logsnr, jnp.log(gamma)) - native
+  if weighting == 'edm':
+    return jnp.logaddexp(logsnr, -2.0 * jnp.log(sigma_data)) - native
+  raise ValueError(f'unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}')
 
 
 def drop_labels(rng, labels, p_uncond, null_label):
@@ -30,9 +62,16 @@ def drop_labels(rng, labels, p_uncond, null_label):
   return jnp.where(drop, null_label, labels)
 
 
-def ema_decay(step, decay):
-  """EMA decay with warm-up, min(decay, (1 + t) / (10 + t)), so early averages are not stale."""
+def ema_decay(step, decay, power=0.0):
+  """The EMA's decay at `step` (0-based).
+
+  power = 0: min(decay, (1 + t) / (10 + t)), a constant decay with warm-up so that early
+  averages are not stale. power = γ > 0: EDM2's power-function EMA, β_t = (1 − 1/t)^{γ+1} with
+  t = step + 1, whose average has a length proportional to the training so far.
+  """
   step = jnp.asarray(step, jnp.float32)
+  if power > 0:
+    return jnp.power(1.0 - 1.0 / (step + 1.0), power + 1.0)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
@@ -42,17 +81,23 @@ def step_rng(seed, step):
 
 
 def loss_fn(params, model, images, labels, rng, config, *, train=True):
-  """‖ε_θ(z_λ, c) − ε‖² (or the v-loss), averaged over pixels and batch; labels already dropped."""
+  """‖ε_θ(z_λ, c) − ε‖² (or the v-loss), weighted per example by `config.train.loss_weighting`
+  ('none': the paper's plain loss), averaged over pixels and batch; labels already dropped."""
   rng_u, rng_eps, rng_dropout = jax.random.split(rng, 3)
+  d, t = config.diffusion, config.train
   x = data.to_model_range(images, config.data.pad_to)
-  u = jax.random.uniform(rng_u, (x.shape[0],))
-  logsnr = diffusion.logsnr_schedule(u, config.diffusion.logsnr_min, config.diffusion.logsnr_max)
+  logsnr = diffusion.sample_training_logsnr(
+      rng_u, (x.shape[0],), kind=d.train_logsnr, logsnr_min=d.logsnr_min,
+      logsnr_max=d.logsnr_max, mean=d.train_logsnr_mean, std=d.train_logsnr_std)
   eps = jax.random.normal(rng_eps, x.shape)
   z = diffusion.diffuse(x, logsnr, eps)
-  target = eps if config.diffusion.prediction == 'eps' else diffusion.v_target(x, eps, logsnr)
+  target = eps if d.prediction == 'eps' else diffusion.v_target(x, eps, logsnr)
   out = model.apply({'params': params}, z, logsnr, labels, train=train,
                     rngs={'dropout': rng_dropout})
-  return jnp.mean(jnp.square(out - target))
+  mse = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x.ndim)))
+  weight = jnp.exp(log_loss_weight(logsnr, weighting=t.loss_weighting, prediction=d.prediction,
+                                   gamma=t.min_snr_gamma, sigma_data=t.edm_sigma_data))
+  return jnp.mean(weight * mse)
 
 
 def init_state(model, tx, config, rng):
@@ -71,15 +116,19 @@ def train_step(state, batch, *, model, tx, schedule, config):
                                             rng_loss, config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay(state.step, config.train.ema_decay)
+  decay = ema_decay(state.step, config.train.ema_decay, config.train.ema_power)
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
 
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  # A skipped step keeps every value but still counts: the optimizer's step counters advance
+  # with state.step, so the learning rate and Adam's bias correction follow the one clock.
+  keep = lambda new, old: jax.tree.map(
+      lambda n, o: n if jnp.issubdtype(n.dtype, jnp.integer) else jnp.where(finite, n, o),
+      new, old)
   new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                          ema_params=keep(ema_params, state.ema_params),
                          opt_state=keep(opt_state, state.opt_state))
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
-             'finite': finite}
+             'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
   return new_state, metrics

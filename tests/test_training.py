@@ -78,7 +78,7 @@ def _run_steps(built, n_devices, batches):
   losses = []
   for batch in batches:
     state, metrics = step(state, sharding.global_batch(batch, mesh))
-    assert bool(metrics['finite'])
+    assert int(metrics["nonfinite"]) == 0
     losses.append(float(metrics['loss']))
   return state, losses
 
