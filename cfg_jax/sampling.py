@@ -1,12 +1,14 @@
 """Guided samplers (paper Algorithm 2, DDIM, DPM-Solver++(2M)) for any ε-prediction function.
 
 `sample(eps_fn, labels, w, rng, ...)` runs the whole loop inside one `lax.fori_loop`. The step
-count, w, labels and seed are traced values, so one compiled program serves them all; only
-`shape`, `method`, `clip`, the rule and whether guidance is on are static.
+count, w (and every guidance parameter), labels and seed are traced values, so one compiled
+program serves them all; only `shape`, `method`, `clip`, the grid and which guidance pieces are
+on (`guidance.Guidance`) are static.
 
 One network call per step: each example's conditional and null-label copies are interleaved
 (rows 2i and 2i + 1 of a 2B batch), so a batch sharded over devices keeps each pair on one
-device and guidance needs no communication. With `w=None` only the B conditional rows run.
+device and guidance needs no communication. With `w=None` only the B conditional rows run, and
+with a guidance interval only at the steps where no example of the batch is inside it.
 """
 import functools
 
@@ -82,47 +84,64 @@ def _noise(keys, t, shape):
 
 
 def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestral', v=0.3,
-           clip=True, rule=guidance.classifier_free, indices=None, grid='cosine',
-           logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX, rho=7.0):
-  """Draws one sample per label; returns x̃ at λ_max, shape (B, *shape), float32.
+           clip=True, indices=None, grid='cosine', logsnr_min=diffusion.LOGSNR_MIN,
+           logsnr_max=diffusion.LOGSNR_MAX, rho=7.0):
+  """Draws one sample per label; returns x̃ at the grid's last λ, shape (B, *shape), float32.
 
   eps_fn(z, logsnr, labels) -> ε for a batch (any jittable denoiser); `null_label` is the
-  label it treats as ∅. w: (B,) or scalar guidance strength, or None for no guidance (one
-  B-sized network call per step). rng: a key; sample i's noise comes from fold_in(rng, index_i),
-  index_i = indices[i] (default i), so samples do not depend on batch size or devices.
+  label it treats as ∅. w: (B,) or scalar guidance strength (the paper's rule), a
+  `guidance.Guidance` (variants), or None for no guidance (one B-row network call per step).
+  rng: a key; sample i's noise comes from fold_in(rng, index_i), index_i = indices[i]
+  (default i), so samples do not depend on batch size or devices.
   grid, logsnr_min, logsnr_max, rho: the time grid (`logsnr_grid`); the paper's is 'cosine'
   over [−20, 20].
   """
   if method not in METHODS:
     raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(METHODS)}')
+  if grid not in GRIDS:
+    raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(GRIDS)}')
   labels = jnp.asarray(labels, jnp.int32)
   b = labels.shape[0]
   indices = jnp.arange(b) if indices is None else indices
   keys = jax.vmap(functools.partial(jax.random.fold_in, rng))(indices)
-  guided = w is not None
-  if guided:
-    w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (b,))
-    pair_labels = jnp.stack([labels, jnp.full_like(labels, null_label)], 1).reshape(2 * b)
-  if grid not in GRIDS:
-    raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(GRIDS)}')
+  g = guidance.as_guidance(w)
+  g = None if g is None else g.per_example(b)
+  pair_labels = jnp.stack([labels, jnp.full_like(labels, null_label)], 1).reshape(2 * b)
   lam = lambda t: jnp.full((b,), logsnr_grid(t, jnp.asarray(steps), grid=grid, rho=rho,
                                              logsnr_min=logsnr_min, logsnr_max=logsnr_max))
 
-  def denoise(z, logsnr):
-    """x̃ = (z − σ ε̃)/α with ε̃ from one network call (2B rows when guided)."""
-    if guided:
-      pairs = jnp.stack([z, z], 1).reshape((2 * b,) + z.shape[1:])
-      eps = eps_fn(pairs, jnp.repeat(logsnr, 2), pair_labels).reshape((b, 2) + z.shape[1:])
-      eps = rule(eps[:, 0], eps[:, 1], w, guidance.StepInfo(z, logsnr))
+  def predictions(z, logsnr):
+    """(ε_c, ε_u) from one network call on interleaved pairs (2B rows)."""
+    pairs = jnp.stack([z, z], 1).reshape((2 * b,) + z.shape[1:])
+    eps = eps_fn(pairs, jnp.repeat(logsnr, 2), pair_labels).reshape((b, 2) + z.shape[1:])
+    return eps[:, 0], eps[:, 1]
+
+  def conditional_only(z, logsnr):
+    """(ε_c, ε_c) from B rows: where no example guides, the null rows are not computed."""
+    eps = eps_fn(z, logsnr, labels)
+    return eps, eps
+
+  def denoise(z, logsnr, state):
+    """x̃ from one network call, and the point z̃ the step continues from (z but for CFG++)."""
+    if g is None:
+      eps_c = eps_u = eps_fn(z, logsnr, labels)
+    elif g.interval is None:
+      eps_c, eps_u = predictions(z, logsnr)
     else:
-      eps = eps_fn(z, logsnr, labels)
-    x = diffusion.predict_x(z, eps, logsnr)
-    return jnp.clip(x, -1.0, 1.0) if clip else x
+      eps_c, eps_u = jax.lax.cond(jnp.any(g.inside(logsnr)), predictions, conditional_only,
+                                  z, logsnr)
+    x = x_c = diffusion.predict_x(z, eps_c, logsnr)
+    if g is not None:
+      alpha, sigma = (diffusion.bcast(a, z) for a in diffusion.alpha_sigma(logsnr))
+      x, z, state = g.combine(z, x_c, diffusion.predict_x(z, eps_u, logsnr), eps_u, logsnr,
+                              g.effective_w(logsnr, logsnr_min, logsnr_max), state,
+                              alpha=alpha, sigma=sigma)
+    return (jnp.clip(x, -1.0, 1.0) if clip else x), z, state
 
   def body(t, carry):
-    z, x_prev, logsnr_prev, logsnr = carry   # λ_prev is only read after the first step
+    z, x_prev, logsnr_prev, logsnr, state = carry   # λ_prev is only read after the first step
     logsnr_next = lam(t + 1)
-    x = denoise(z, logsnr)
+    x, z, state = denoise(z, logsnr, state)
     if method == 'ancestral':
       z = ancestral_step(z, x, logsnr, logsnr_next, _noise(keys, t + 1, shape), v)
     elif method == 'ddim':
@@ -130,9 +149,11 @@ def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestra
     else:
       z = dpmpp2m_step(z, x, x_prev, logsnr_prev, logsnr, logsnr_next,
                        (t == 0) | (t == steps - 2))
-    return z, x, logsnr, logsnr_next
+    return z, x, logsnr, logsnr_next, state
 
   z = _noise(keys, 0, shape)
   start = lam(0)
-  z, _, _, logsnr = jax.lax.fori_loop(0, steps - 1, body, (z, jnp.zeros_like(z), start, start))
-  return denoise(z, logsnr)
+  state = () if g is None else g.init_state(z)
+  z, _, _, logsnr, state = jax.lax.fori_loop(0, steps - 1, body,
+                                             (z, jnp.zeros_like(z), start, start, state))
+  return denoise(z, logsnr, state)[0]
