@@ -3,7 +3,7 @@ import difflib
 
 import ml_collections
 
-from cfg_jax import diffusion, sampling, training
+from cfg_jax import diffusion, guidance, sampling, training
 
 
 class ConfigError(ValueError):
@@ -74,6 +74,17 @@ def base_config():
       logsnr_min=-20.0,       # the grid's λ range (paper: the training range)
       logsnr_max=20.0,
       rho=7.0,                # 'edm' grid's ρ
+      # Guidance beyond the paper's rule (cfg_jax.guidance; 0 or () is off, the paper's default):
+      guidance_rule='cfg',    # 'cfg' (paper), 'apg', 'cfgpp'
+      interval=(),            # (λ_lo, λ_hi): guide only there, B network rows elsewhere
+      interval_sigma=(),      # or EDM's (σ_lo, σ_hi], σ = e^{−λ/2}
+      rescale=0.0,            # CFG rescale φ
+      threshold=0.0,          # dynamic thresholding percentile p in (0, 1]
+      apg_eta=0.0,            # APG: weight of the parallel part η,
+      apg_norm=0.0,           #   norm threshold r (0: none),
+      apg_momentum=-0.5,      #   momentum β
+      w_schedule='constant',  # 'constant' (paper), 'linear', 'cosine', 'table'
+      w_table=(),             # 'table': ((λ_k, ...), (factor_k, ...))
       clip=True,              # clip x̃ to [-1, 1]
       guidance=(0.0, 0.3, 1.0, 4.0),
       per_class=4,           # samples per class and w in training grids (0 = no grids)
@@ -147,6 +158,25 @@ def validate(config):
       raise ConfigError(f'config.{name}={value} must be > 0')
   if not t.ema_power >= 0:
     raise ConfigError(f'config.train.ema_power={t.ema_power} must be >= 0 (0: constant decay)')
+  _choice('config.sample.guidance_rule', s.guidance_rule, guidance.COMBINE_RULES)
+  _choice('config.sample.w_schedule', s.w_schedule, guidance.SCHEDULES)
+  if not 0.0 <= s.rescale <= 1.0:
+    raise ConfigError(f'config.sample.rescale={s.rescale} must lie in [0, 1] (0: off)')
+  if not 0.0 <= s.threshold <= 1.0:
+    raise ConfigError(f'config.sample.threshold={s.threshold} must lie in [0, 1] (0: off)')
+  if not s.apg_norm >= 0.0 or not s.apg_eta == s.apg_eta or not s.apg_momentum == s.apg_momentum:
+    raise ConfigError('config.sample.apg_norm must be >= 0 (0: none); apg_eta and apg_momentum '
+                      'must be numbers')
+  for name in ('interval', 'interval_sigma'):
+    pair = tuple(s[name])
+    if pair and not (len(pair) == 2 and pair[0] < pair[1]):
+      raise ConfigError(f'config.sample.{name}={pair} must be () or (low, high) with low < high')
+  if s.interval and s.interval_sigma:
+    raise ConfigError('config.sample.interval and interval_sigma: give one of them')
+  if s.interval_sigma and not s.interval_sigma[0] > 0:
+    raise ConfigError(f'config.sample.interval_sigma={tuple(s.interval_sigma)} must be > 0')
+  if (s.w_schedule == 'table') != bool(s.w_table):
+    raise ConfigError("config.sample.w_table goes with w_schedule='table', and only with it")
   for group in ('diffusion', 'sample'):
     lo, hi = config[group].logsnr_min, config[group].logsnr_max
     if not lo < hi:

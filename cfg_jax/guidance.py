@@ -199,3 +199,21 @@ def as_guidance(w):
   if w is None or isinstance(w, Guidance):
     return w
   return Guidance(w=w)
+
+
+def from_settings(w, *, rule='cfg', interval=(), interval_sigma=(), rescale=0.0, threshold=0.0,
+                  apg_eta=0.0, apg_norm=0.0, apg_momentum=-0.5, schedule='constant', table=()):
+  """A `Guidance` from flat settings as configs and flags hold them (0 or () switches a piece
+  off; apg_norm = 0 means no norm threshold). interval is (λ_lo, λ_hi); interval_sigma is EDM's
+  (σ_lo, σ_hi], converted by `sigma_to_logsnr`. table: ((λ_k, …), (factor_k, …))."""
+  if interval and interval_sigma:
+    raise ValueError('give the guidance interval in λ or in σ, not both')
+  if interval_sigma:
+    lo, hi = interval_sigma
+    interval = (sigma_to_logsnr(hi), sigma_to_logsnr(lo))
+  return Guidance(
+      w=w, rule=rule, schedule=schedule,
+      interval=tuple(jnp.asarray(a, jnp.float32) for a in interval) if interval else None,
+      rescale=rescale or None, threshold=threshold or None, apg_eta=apg_eta,
+      apg_norm=apg_norm or float('inf'), apg_momentum=apg_momentum,
+      table=tuple(jnp.asarray(a, jnp.float32) for a in table) if table else None)

@@ -6,7 +6,7 @@ a batch that does not divide by the device count is padded and the padding dropp
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from cfg_jax import checkpoint, diffusion, model as model_lib, sampling, sharding
+from cfg_jax import checkpoint, diffusion, guidance, model as model_lib, sampling, sharding
+from cfg_jax import tuning
 
 
 def eps_fn_for(model, params, prediction='eps'):
@@ -25,13 +26,33 @@ def eps_fn_for(model, params, prediction='eps'):
   return eps_fn
 
 
+TUNED = 'tuned'   # Pipeline.sample's default w: the w chosen for this checkpoint, else 0
+
+
+def guidance_settings(sample_config, **overrides):
+  """The guidance settings of a config's `sample` group, with non-None `overrides` on top."""
+  s = sample_config
+  settings = dict(rule=s.guidance_rule, interval=tuple(s.interval),
+                  interval_sigma=tuple(s.interval_sigma), rescale=s.rescale,
+                  threshold=s.threshold, apg_eta=s.apg_eta, apg_norm=s.apg_norm,
+                  apg_momentum=s.apg_momentum, schedule=s.w_schedule,
+                  table=tuple(tuple(row) for row in s.w_table))
+  settings.update({k: v for k, v in overrides.items() if v is not None})
+  return settings
+
+
 @dataclasses.dataclass
 class Pipeline:
-  """A model, its (EMA) parameters and a mesh; `sample` draws guided samples."""
+  """A model, its (EMA) parameters and a mesh; `sample` draws guided samples.
+
+  tuned: the guidance a sweep chose for this checkpoint (`tuning.save_choice`), used when
+  `sample` is given no w; None if there is none.
+  """
   config: Any
   params: Any
   mesh: jax.sharding.Mesh
   model: Any = None
+  tuned: Optional[dict] = None
 
   def __post_init__(self):
     self.model = self.model or model_lib.from_config(self.config)
@@ -39,24 +60,38 @@ class Pipeline:
     size = self.config.data.pad_to or self.config.data.image_size
     self.shape = (size, size, self.config.data.channels)
     self.set_params(self.params)
-    self._sample_batch = jax.jit(self._sample_batch_impl,
-                                 static_argnames=('method', 'clip', 'guided'))
+    self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip'))
 
   def set_params(self, params):
     """Swaps in new parameters (e.g. the EMA during training) without recompiling."""
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
-  def _sample_batch_impl(self, params, labels, w, indices, key, steps, v, *, method, clip, guided):
+  def _sample_batch(self, params, labels, guide, indices, key, steps, v, *, method, clip):
+    """One batch on the devices: labels, indices and guide's per-example fields sharded alike;
+    guide is a `guidance.Guidance` or None (unguided, B rows). Jitted as `sample_batch`."""
     s = self.config.sample
     return sampling.sample(
-        eps_fn_for(self.model, params, self.config.diffusion.prediction), labels,
-        w if guided else None, key, shape=self.shape, null_label=self.num_classes, steps=steps,
-        method=method, v=v, clip=clip, indices=indices, grid=s.grid, logsnr_min=s.logsnr_min,
+        eps_fn_for(self.model, params, self.config.diffusion.prediction), labels, guide, key,
+        shape=self.shape, null_label=self.num_classes, steps=steps, method=method, v=v,
+        clip=clip, indices=indices, grid=s.grid, logsnr_min=s.logsnr_min,
         logsnr_max=s.logsnr_max, rho=s.rho)
 
-  def sample(self, labels, w=0.0, *, steps=None, method=None, seed=0, v=None, clip=None,
-             batch_size=256, progress=False):
-    """Samples for `labels` (N,) at guidance w (scalar, (N,), or None for the unguided model).
+  def guidance(self, w, n, **settings):
+    """The `guidance.Guidance` that `sample` uses for n samples: w (scalar or (n,)) with the
+    config's guidance settings and `settings` on top; None for w=None (unguided)."""
+    if w is None:
+      return None
+    w = np.broadcast_to(np.asarray(w, np.float32), (n,))
+    if not np.all(np.isfinite(w)):
+      raise ValueError(f'w must be finite, got {w[~np.isfinite(w)][0]}')
+    return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
+
+  def sample(self, labels, w=TUNED, *, steps=None, method=None, seed=0, v=None, clip=None,
+             batch_size=256, progress=False, **guidance_overrides):
+    """Samples for `labels` (N,) at guidance w (scalar or (N,); None: the unguided model; by
+    default the w chosen for this checkpoint by a sweep, else 0). Guidance settings default to
+    the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
+    rescale=0.7, threshold=0.995, schedule='linear', ...; see `guidance.from_settings`).
 
     Returns float32 images (N, H, W, C) in the data range [−1, 1] (when clipped). Sample i
     depends only on (seed, i, label_i, w_i), never on `batch_size` or the device count.
@@ -66,14 +101,18 @@ class Pipeline:
     v, clip = s.v if v is None else v, s.clip if clip is None else clip
     if method not in sampling.METHODS:
       raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(sampling.METHODS)}')
+    if isinstance(w, str) and w == TUNED:
+      tuned = self.tuned or {}
+      w = tuned.get('w', 0.0)
+      guidance_overrides = {**tuned.get('settings', {}), **guidance_overrides}
     labels = np.asarray(labels, np.int32).reshape(-1)
     bad = labels[(labels < 0) | (labels > self.num_classes)]
     if bad.size:
       raise ValueError(f'label {bad[0]} is outside [0, {self.num_classes}] '
                        f'({self.num_classes} is the null label)')
     n = labels.shape[0]
-    guided = w is not None
-    w = np.broadcast_to(np.asarray(0.0 if w is None else w, np.float32), (n,))
+    guide = self.guidance(w, n, **guidance_overrides)
+    per_example = None if guide is None else guide.replace(table=None)
     n_dev = self.mesh.size
     batch_size = max(n_dev, batch_size // n_dev * n_dev)
     batch = sharding.batch_sharding(self.mesh)
@@ -82,15 +121,18 @@ class Pipeline:
     for start in tqdm.trange(0, n, batch_size, disable=not progress, desc='sample', unit='batch'):
       stop = min(start + batch_size, n)
       pad = -(stop - start) % n_dev
-      put = lambda a: jax.device_put(np.pad(a[start:stop], (0, pad), mode='edge'), batch)
-      x = self._sample_batch(self.params, put(labels), put(w), put(np.arange(n)), key,
-                             steps, v, method=method, clip=clip, guided=guided)
+      put = lambda a: jax.device_put(np.pad(np.asarray(a)[start:stop], (0, pad), mode='edge'),
+                                     batch)
+      chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
+      x = self.sample_batch(self.params, put(labels), chunk, put(np.arange(n)), key, steps, v,
+                            method=method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
 
 
 def load(workdir, step=None, devices=None):
-  """A Pipeline with the EMA parameters of `workdir`'s latest (or given) checkpoint."""
+  """A Pipeline with the EMA parameters of `workdir`'s latest (or given) checkpoint, and the
+  guidance chosen for it by a sweep (`tuning`), if any."""
   mngr = checkpoint.manager(workdir, read_only=True)
   if mngr.latest_step() is None:
     raise checkpoint.CheckpointError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
@@ -106,4 +148,5 @@ def load(workdir, step=None, devices=None):
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                           abstract)
   params = checkpoint.restore_ema_params(mngr, abstract, step)
-  return Pipeline(config=config, params=params, mesh=mesh, model=model)
+  return Pipeline(config=config, params=params, mesh=mesh, model=model,
+                  tuned=tuning.load_choice(workdir))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import diffusion, inference, model as model_lib, sampling, sharding
+from cfg_jax import diffusion, guidance, inference, model as model_lib, sampling, sharding
 from conftest import tiny_config
 
 # --- Gaussian data: exact ε for each class and for the mixture -------------------------------
@@ -169,9 +169,10 @@ def test_guided_sampler_has_no_cross_device_collectives(pipes):
   assert pipe.mesh.size == 8
   batch = sharding.batch_sharding(pipe.mesh)
   put = lambda a: jax.device_put(a, batch)
-  lowered = pipe._sample_batch.lower(
-      pipe.params, put(np.arange(16, dtype=np.int32) % 10), put(np.ones(16, np.float32)),
-      put(np.arange(16)), jax.random.key(0), 4, 0.3, method='ancestral', clip=True, guided=True)
+  lowered = pipe.sample_batch.lower(
+      pipe.params, put(np.arange(16, dtype=np.int32) % 10),
+      guidance.Guidance(w=put(np.ones(16, np.float32))), put(np.arange(16)), jax.random.key(0),
+      4, 0.3, method='ancestral', clip=True)
   hlo = lowered.compile().as_text()
   for op in ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter'):
     assert op not in hlo, op
