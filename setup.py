@@ -1,9 +1,14 @@
 """cfg_jax: classifier-free diffusion guidance in JAX/Flax."""
+import re
+
 import setuptools
+
+with open('cfg_jax/__init__.py', encoding='utf-8') as f:   # the one place the version is written
+  VERSION = re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
 
 setuptools.setup(
     name='cfg_jax',
-    version='0.1.0',
+    version=VERSION,
     description='Classifier-free diffusion guidance (Ho & Salimans 2022) in JAX/Flax',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
@@ -15,7 +20,6 @@ setuptools.setup(
         'optax>=0.2.8,<0.3',
         'orbax-checkpoint>=0.12,<0.13',
         'ml-collections>=1.1,<2',
-        'chex>=0.1.92,<0.2',
         'grain>=0.2.18,<0.3',
         'tensorflow-datasets>=4.9.10,<5',
         'importlib_resources>=6',   # tensorflow-datasets imports it without declaring it

@@ -1,26 +1,32 @@
 """Orbax checkpoints of a run: train state, EMA parameters, resolved config, data position.
 
-Items of each step (a Composite): `train_state` (step, params, optimizer state), `ema_params`
-(a separate item so that inference restores nothing else), `config` (JSON) and `data` (JSON:
-seed, step, global batch). Saves are asynchronous; orbax writes to a temporary folder and
-renames it on commit, so a half-written step is never listed (and is deleted by the next
-writer). Restores always take abstract targets with shardings, so a checkpoint restores onto
-any mesh or a single device; parameter shapes are compared first, so a checkpoint of another
-model fails with the names of the parameters that differ.
+Items of each step (a Composite): `train_state` (every field of the TrainState but the EMA,
+by name, so that a field added to the state is saved and restored without touching this
+module), `ema_params` (a separate item so that inference restores nothing else), `config`
+(JSON) and `data` (JSON: seed, step, global batch). Saves are asynchronous; orbax writes to a
+temporary folder and renames it on commit, so a half-written step is never listed (and is
+deleted by the next writer). Restores always take abstract targets with shardings, so a
+checkpoint restores onto any mesh or a single device. Before restoring, parameter shapes are
+compared (a checkpoint of another model fails with the names of the parameters that differ),
+and so are the seed and global batch size (resuming with others would change the run).
+A restore that fails is called corrupt only for errors that mean missing or damaged bytes.
 """
+import contextlib
+import dataclasses
+import gc
+import json
 import logging
 import os
 import sys
+import time
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from cfg_jax.training import TrainState
-
 
 class CheckpointError(ValueError):
-  """A checkpoint that is missing, corrupt, or does not fit the model being restored."""
+  """A checkpoint that is missing, corrupt, unreadable, or does not fit the run restoring it."""
 
 
 def checkpoint_dir(workdir):
@@ -30,61 +36,157 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def manager(workdir, *, keep=3, read_only=False):
+def options(*, keep=3, read_only=False):
+  """Orbax manager options for every checkpoint the project writes or reads (runs and the
+  reference classifier): asynchronous saves that keep the last `keep` steps, or reading only."""
   if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                           save_interval_steps=0)
-  else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                        save_interval_steps=0)
+  return ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                      cleanup_tmp_directories=True)
+
+
+def manager(workdir, *, keep=3, read_only=False):
   handlers = {'train_state': ocp.StandardCheckpointHandler(),
               'ema_params': ocp.StandardCheckpointHandler(),
               'config': ocp.JsonCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers,
+                               options=options(keep=keep, read_only=read_only))
+
+
+def _split(state):
+  """(every field of a TrainState but the EMA, by name; the EMA): the two array items."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  return fields, fields.pop('ema_params')
+
+
+def _position(config):
+  """What fixes the data order and the training randomness of every step (beside the step)."""
+  return {'seed': config.seed, 'global_batch_size': config.train.batch_size}
 
 
 def save(mngr, state, config):
   """Starts an asynchronous save of `state` at its step (returns before the write ends)."""
   step = int(jax.device_get(state.step))
-  train_state = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
-  position = {'seed': config.seed, 'step': step, 'global_batch_size': config.train.batch_size}
+  train_state, ema_params = _split(state)
   mngr.save(step, args=ocp.args.Composite(
       train_state=ocp.args.StandardSave(train_state),
-      ema_params=ocp.args.StandardSave(state.ema_params),
+      ema_params=ocp.args.StandardSave(ema_params),
       config=ocp.args.JsonSave(config.to_dict()),
-      data=ocp.args.JsonSave(position)))
+      data=ocp.args.JsonSave({'step': step, **_position(config)})))
 
 
-def _damaged(mngr, step, error):
+# --- Why a restore failed -----------------------------------------------------------------
+
+# tensorstore's status codes for bytes that are missing, cut short or garbled.
+_DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND')
+
+
+def _root_cause(error):
   while getattr(error, '__cause__', None) is not None:  # the root cause names the file
     error = error.__cause__
+  return error
+
+
+def _first_line(error):
   text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)  # no repr
   lines = [line for line in str(text).splitlines() if line.strip()]
-  reason = (lines[0] if lines else type(error).__name__)[:300]
+  return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def _corrupt(mngr, step, reason):
   return CheckpointError(
-      f'checkpoint {step} in {mngr.directory} is incomplete or corrupt ({reason}); '
-      f'move {mngr.directory}/{step} aside to resume from the checkpoint before it')
+      f'checkpoint {step} in {mngr.directory} is incomplete or corrupt ({reason}); move '
+      f'{mngr.directory}/{step} aside to resume from the checkpoint before it')
 
 
-def _silence_orphaned_reads():
-  """After one array of a restore fails, orbax's other reads fail in the background and each
-  reports again, late, through asyncio's logger and sys.unraisablehook ("Event loop is
-  closed"). The error already raised says everything; keep those reports off the console."""
-  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
-  default_hook = sys.unraisablehook
+def _failure(mngr, step, error):
+  """The CheckpointError that says why reading `step` failed, or None when the error is not
+  one this module recognises (it then propagates as it is, with its traceback)."""
+  root = _root_cause(error)
+  reason = _first_line(root)
+  where = f'checkpoint {step} in {mngr.directory}'
+  if isinstance(root, PermissionError) or 'PERMISSION_DENIED' in reason:
+    return CheckpointError(f'{where} cannot be read: permission denied ({reason}); give this '
+                           f'user read access to {mngr.directory}/{step} (nothing says the '
+                           f'checkpoint is damaged)')
+  if (isinstance(root, MemoryError) or 'RESOURCE_EXHAUSTED' in reason
+      or 'out of memory' in reason.lower()):
+    return CheckpointError(f'{where} does not fit in device memory ({reason}); the checkpoint '
+                           f'is not damaged: restore it on more devices, or shard the state '
+                           f'with --config.mesh.fsdp')
+  if (isinstance(root, (FileNotFoundError, json.JSONDecodeError))
+      or reason.startswith(_DAMAGE_CODES) or 'was not found in the checkpoint' in reason):
+    return _corrupt(mngr, step, reason)
+  return None
 
-  def hook(unraisable):
-    if 'Event loop is closed' not in str(unraisable.exc_value):
-      default_hook(unraisable)
-  sys.unraisablehook = hook
+
+class _OrphanedReads(logging.Filter):
+  """While entered, drops the late reports of the reads that a failed restore left behind.
+
+  When one array of a restore fails, orbax closes its event loop with the other reads still
+  in flight; each reports again moments later ("Event loop is closed" through
+  sys.unraisablehook, "Task exception was never retrieved" through asyncio's logger), after
+  the error that already says everything. Only those reports are dropped, and only inside the
+  `with` block; the previous hook and the logger's filters are back when it ends.
+  """
+
+  TASK_REPORTS = ('Task exception was never retrieved', 'Task was destroyed but it is pending')
+
+  def __init__(self):
+    super().__init__()
+    self.last = time.monotonic()
+    self._previous_hook = None
+
+  def filter(self, record):
+    if record.getMessage().startswith(self.TASK_REPORTS):
+      self.last = time.monotonic()
+      return False
+    return True
+
+  def _hook(self, unraisable):
+    if 'Event loop is closed' in str(unraisable.exc_value):
+      self.last = time.monotonic()
+    else:
+      self._previous_hook(unraisable)
+
+  def __enter__(self):
+    self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
+    logging.getLogger('asyncio').addFilter(self)
+    return self
+
+  def __exit__(self, *exc_info):
+    logging.getLogger('asyncio').removeFilter(self)
+    sys.unraisablehook = self._previous_hook
+
+  def settle(self, quiet_s=0.2, max_wait_s=5.0):
+    """Waits until the orphaned reads have stopped reporting; collects their tasks."""
+    deadline = time.monotonic() + max_wait_s
+    self.last = time.monotonic()
+    while time.monotonic() < min(deadline, self.last + quiet_s):
+      time.sleep(quiet_s / 4)
+    gc.collect()  # asyncio reports a finished task's unretrieved error when it is collected
+
+
+@contextlib.contextmanager
+def _reading(mngr, step):
+  """Turns a failed read of checkpoint `step` into the error that says why (`_failure`)."""
+  with _OrphanedReads() as orphans:
+    try:
+      yield
+    except Exception as e:  # orbax and tensorstore report damage as many types, some bare Exception
+      orphans.settle()
+      failure = _failure(mngr, step, e)
+      if failure is None:
+        e.add_note(f'(while restoring checkpoint {step} in {mngr.directory}; nothing in this '
+                   f'error says the checkpoint is damaged)')
+        raise
+      raise failure from e
 
 
 def _restore(mngr, step, **items):
-  try:
+  with _reading(mngr, step):
     return mngr.restore(step, args=ocp.args.Composite(**items))
-  except Exception as e:  # orbax and tensorstore report damage as many types, some bare Exception
-    _silence_orphaned_reads()
-    raise _damaged(mngr, step, e) from e
 
 
 def _shapes(tree):
@@ -104,16 +206,22 @@ def _setting_diffs(saved, config):
   return out
 
 
-def check_compatible(mngr, abstract_params, step, config=None):
+def check_compatible(mngr, abstract_state, step, config=None):
   """Raises CheckpointError naming the parameters whose saved shapes differ from the model's
-  (and, given the current config, the model and data settings that differ from the saved)."""
-  try:
-    metadata = mngr.item_metadata(step)['ema_params']
-  except Exception as e:  # pylint: disable=broad-except
-    raise _damaged(mngr, step, e) from e
-  if metadata is None:
-    raise _damaged(mngr, step, 'no readable metadata for ema_params')
-  saved = _shapes(metadata.tree)
+  (and, given the current config, the model and data settings that differ from the saved),
+  or the state fields that the checkpoint lacks."""
+  with _reading(mngr, step):
+    metadata = mngr.item_metadata(step)
+  for item in ('train_state', 'ema_params'):
+    if metadata.get(item) is None:
+      raise _corrupt(mngr, step, f'Item "{item}" was not found in the checkpoint')
+  fields, abstract_params = _split(abstract_state)
+  missing = sorted(fields.keys() - metadata['train_state'].tree.keys())
+  if missing:
+    raise CheckpointError(
+        f'checkpoint {step} in {mngr.directory} has no state field(s) {", ".join(missing)} '
+        f'(it was written before they existed); train in a new --workdir')
+  saved = _shapes(metadata['ema_params'].tree)
   wanted = _shapes(abstract_params)
   diffs = [f'{k} {saved.get(k, "missing")} in the checkpoint vs {wanted.get(k, "missing")} now'
            for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
@@ -126,20 +234,37 @@ def check_compatible(mngr, abstract_params, step, config=None):
         f'a new --workdir, or rerun with the config saved in the checkpoint')
 
 
-def restore(mngr, abstract_state, step=None, config=None):
-  """The full TrainState at `step` (latest by default), laid out as `abstract_state` says.
+def check_position(mngr, step, config):
+  """Raises CheckpointError if resuming `step` with `config` would change the run: another
+  seed or global batch size gives other batches and other randomness from here on."""
+  saved = _restore(mngr, step, data=ocp.args.JsonRestore()).data
+  names = {'seed': 'seed', 'global_batch_size': 'train.batch_size'}
+  diffs = [(names[k], saved.get(k), v) for k, v in _position(config).items() if saved.get(k) != v]
+  if diffs:
+    there = ', '.join(f'{name}={old}' for name, old, _ in diffs)
+    now = ', '.join(f'{name}={new}' for name, _, new in diffs)
+    flags = ' '.join(f'--config.{name}={old}' for name, old, _ in diffs)
+    raise CheckpointError(
+        f'checkpoint {step} in {mngr.directory} was trained with {there}, not {now}: resuming '
+        f'would change the data order and randomness of the run. Rerun with {flags}, or train '
+        f'in a new --workdir')
 
-  config: the current config, only to name the settings that differ if the shapes do.
+
+def restore(mngr, abstract_state, step=None, config=None):
+  """The TrainState at `step` (latest by default), laid out as `abstract_state` says, of the
+  same type with every field (a subclass with more fields restores them too).
+
+  config: the current config of a resumed run: its seed and batch size must be the saved
+  ones; it also names the settings that differ if parameter shapes do.
   """
   step = mngr.latest_step() if step is None else step
-  check_compatible(mngr, abstract_state.params, step, config)
-  abstract_train = {'step': abstract_state.step, 'params': abstract_state.params,
-                    'opt_state': abstract_state.opt_state}
-  r = _restore(mngr, step, train_state=ocp.args.StandardRestore(abstract_train),
-               ema_params=ocp.args.StandardRestore(abstract_state.ema_params))
-  t = r.train_state
-  return TrainState(step=t['step'], params=t['params'], ema_params=r.ema_params,
-                    opt_state=t['opt_state'])
+  check_compatible(mngr, abstract_state, step, config)
+  if config is not None:
+    check_position(mngr, step, config)
+  fields, ema_params = _split(abstract_state)
+  r = _restore(mngr, step, train_state=ocp.args.StandardRestore(fields),
+               ema_params=ocp.args.StandardRestore(ema_params))
+  return type(abstract_state)(**r.train_state, ema_params=r.ema_params)
 
 
 def restore_config(mngr, step=None):

@@ -27,7 +27,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-from cfg_jax import data, sharding
+from cfg_jax import checkpoint, data, sharding
 
 log = logging.getLogger('cfg_jax')
 
@@ -119,13 +119,8 @@ class Extractor:
 
 
 def _manager(directory, read_only=False):
-  if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                           save_interval_steps=0)
-  else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(directory), 'checkpoint'),
-                               options=options)
+                               options=checkpoint.options(keep=1, read_only=read_only))
 
 
 def exists(directory):
@@ -137,10 +132,7 @@ def _model_and_abstract(meta, mesh):
   model = Classifier(meta['num_classes'], tuple(meta['widths']), meta['dropout'])
   x = jnp.zeros((1, meta['image_size'], meta['image_size'], meta['channels']))
   abstract = jax.eval_shape(functools.partial(model.init, x=x), jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                          abstract)
-  return model, abstract
+  return model, sharding.abstract(abstract, sharding.replicated(mesh))
 
 
 def load_extractor(directory, mesh=None, batch_size=512):

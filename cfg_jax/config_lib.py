@@ -91,7 +91,11 @@ def base_config():
   )
 
   # Mesh axes: batch over ('data', 'fsdp'); parameters replicated, or sharded over 'fsdp'.
-  config.mesh = dict(data=-1, fsdp=1)   # -1: all remaining devices
+  config.mesh = dict(
+      data=-1,                        # -1: all remaining devices
+      fsdp=1,
+      fsdp_min_bytes=4 * 1024 ** 2,   # with fsdp > 1, smaller arrays stay replicated
+  )
   return config
 
 

@@ -1,8 +1,10 @@
 """The device mesh and how arrays lie on it.
 
 Mesh axes ('data', 'fsdp'). The batch is split over both axes. Parameters and optimizer state
-are replicated, or with `fsdp > 1` each array is split along its largest dimension that the
-fsdp axis divides (ZeRO-3 style); XLA inserts the all-gathers.
+are replicated, or with `fsdp > 1` each array of at least `mesh.fsdp_min_bytes` is split along
+its largest dimension that the fsdp axis divides (ZeRO-3 style); XLA inserts the all-gathers.
+Smaller arrays (biases, norms, embeddings of small models) stay replicated, as in big_vision:
+sharding them saves almost no memory and costs one all-gather each per step.
 """
 import jax
 import numpy as np
@@ -40,8 +42,8 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def _fsdp_spec(shape, fsdp_size):
-  if fsdp_size > 1:
+def _fsdp_spec(shape, nbytes, fsdp_size, min_bytes):
+  if fsdp_size > 1 and nbytes >= min_bytes:
     for dim in np.argsort(shape)[::-1]:
       if shape[dim] % fsdp_size == 0 and shape[dim] >= fsdp_size:
         spec = [None] * len(shape)
@@ -50,11 +52,21 @@ def _fsdp_spec(shape, fsdp_size):
   return P()
 
 
-def state_shardings(mesh, abstract_tree):
-  """NamedShardings for a pytree of parameters or optimizer state (replicated or FSDP)."""
+def state_shardings(mesh, abstract_tree, min_bytes=0):
+  """NamedShardings for a pytree of parameters or optimizer state: replicated, or FSDP for
+  the arrays of at least `min_bytes` (config.mesh.fsdp_min_bytes)."""
   fsdp_size = mesh.shape['fsdp']
-  return jax.tree.map(
-      lambda x: NamedSharding(mesh, _fsdp_spec(np.shape(x), fsdp_size)), abstract_tree)
+  spec = lambda x: _fsdp_spec(x.shape, x.size * x.dtype.itemsize, fsdp_size, min_bytes)
+  return jax.tree.map(lambda x: NamedSharding(mesh, spec(x)), abstract_tree)
+
+
+def abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` laid out as `shardings` (one sharding for every leaf, or a
+  matching tree of them): the targets of restores and ahead-of-time compilation."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)
 
 
 def global_batch(local_batch, mesh):

@@ -41,16 +41,14 @@ def build(config, mesh):
   tx, schedule = training.make_optimizer(config.train)
   init = functools.partial(training.init_state, model, tx, config)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sharding = sharding.state_shardings(mesh, abstract)
+  state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.fsdp_min_bytes)
   init = jax.jit(init, out_shardings=state_sharding)
   step = jax.jit(
       functools.partial(training.train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, state_sharding)
-  return model, init, step, abstract
+  return model, init, step, sharding.abstract(abstract, state_sharding)
 
 
 def _log_metrics(writer, step, metrics, bar):

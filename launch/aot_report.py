@@ -4,10 +4,12 @@
       [--config.mesh.fsdp=8 --sample_batch=2048]
 
 Simulates N CPU devices, builds the config's mesh, lowers the sharded train step and the guided
-sampler from abstract shapes (jax.ShapeDtypeStruct with shardings), compiles them with XLA and
-prints: parameters; FLOPs per device per step (XLA cost analysis); per-device memory (XLA memory
-analysis: arguments, outputs, temporaries, donated); and the time per step that the FLOPs imply
-at a chip's peak FLOP/s (TPU v4 275, v5e 197, v5p 459, v6e 918, H100 989 bf16 TFLOP/s).
+sampler (on the EMA laid out as training holds it, as the training sample grids use it) from
+abstract shapes (jax.ShapeDtypeStruct with shardings), compiles them with XLA and prints:
+parameters; FLOPs per device per step (XLA cost analysis); per-device memory (XLA memory
+analysis: arguments, outputs, temporaries, donated); the collectives of each compiled program
+by kind (count and bytes per device); and the time per step that the FLOPs imply at a chip's
+peak FLOP/s (TPU v4 275, v5e 197, v5p 459, v6e 918, H100 989 bf16 TFLOP/s).
 
 The figures come from XLA's CPU compiler. FLOPs are exact for the program; memory is the CPU
 compiler's schedule, which keeps bfloat16 convolutions in float32 and fuses differently, so
@@ -84,10 +86,13 @@ def _report(name, compiled, seconds, peak_tflops, what):
         f'{_gib(m.alias_size_in_bytes)}; total {_gib(total)}\n'
         f'  time per {what} at {peak_tflops:g} TFLOP/s: {_ms(ideal)} at peak, '
         f'{_ms(2 * ideal)} at 50% of peak (compute only)')
-  comms = _collectives(compiled.as_text())
-  print('  collectives per device (not in that time): ' + (', '.join(
-      f'{n} {op} ({_gib(size)})' for op, (n, size) in sorted(comms.items())) or 'none'))
+  print(f'  collectives per device (not in that time): {_collectives_line(compiled)}')
   return flops
+
+
+def _collectives_line(compiled):
+  comms = _collectives(compiled.as_text())
+  return ', '.join(f'{n} {op} ({_gib(size)})' for op, (n, size) in sorted(comms.items())) or 'none'
 
 
 def main(argv):
@@ -133,15 +138,15 @@ def main(argv):
   n = _SAMPLE_BATCH.value or b
   n = max(mesh.size, n // mesh.size * mesh.size)
   replicated = sharding.replicated(mesh)
-  params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-                        abstract_state.ema_params)
+  params = abstract_state.ema_params   # laid out as training holds the EMA (FSDP-sharded or not)
   per_sample = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=batch_sharding)
-  eps_fn = lambda p: inference.eps_fn_for(model, p, config.diffusion.prediction)
+  eps_fn = lambda p: inference.eps_fn_for(model, p, config.diffusion.prediction, mesh)
 
   def sample(p, labels, w, key, steps):
     return sampling.sample(eps_fn(p), labels, w, key, shape=(model_size, model_size, ch),
                            null_label=config.data.num_classes, steps=steps, method=s.method,
-                           v=s.v, clip=s.clip)
+                           v=s.v, clip=s.clip, grid=s.grid, logsnr_min=s.logsnr_min,
+                           logsnr_max=s.logsnr_max, rho=s.rho)
 
   def guided_call(p, z, labels):
     """One sampler step's network call: conditional and null rows of every example."""
@@ -156,7 +161,9 @@ def main(argv):
   m = compiled.memory_analysis()
   print(f'guided sampler, {s.method}, {n} samples per call (compiled in {seconds:.0f} s)\n'
         f'  memory per device: arguments {_gib(m.argument_size_in_bytes)}, temporaries '
-        f'{_gib(m.temp_size_in_bytes)}, outputs {_gib(m.output_size_in_bytes)}')
+        f'{_gib(m.temp_size_in_bytes)}, outputs {_gib(m.output_size_in_bytes)}\n'
+        f'  collectives per device, in the program (a loop body counts once): '
+        f'{_collectives_line(compiled)}')
   z = jax.ShapeDtypeStruct((n, model_size, model_size, ch), jnp.float32, sharding=batch_sharding)
   compiled, seconds = _compile(jax.jit(guided_call), params, z, per_sample(jnp.int32))
   flops = _report(f'one guided sampling step ({2 * n} network rows)', compiled, seconds,

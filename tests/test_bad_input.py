@@ -75,6 +75,12 @@ def _cases(tmp):
                                   '/checkpoints/2 aside'], _corrupt),
       'partial_checkpoint': ([], ['checkpoint 2 in', 'is incomplete or corrupt',
                                   'Item "train_state" was not found'], _partial),
+      'resume_other_batch_size': (['--config.train.batch_size=32'],
+                                  ['checkpoint 2 in', 'was trained with train.batch_size=16, not '
+                                   'train.batch_size=32', 'would change the data order and '
+                                   'randomness', 'Rerun with --config.train.batch_size=16']),
+      'resume_other_seed': (['--config.seed=1'],
+                            ['was trained with seed=0, not seed=1', 'Rerun with --config.seed=0']),
       'unwritable_workdir': ([], [f'workdir {not_a_dir}/run cannot be written', '--workdir'],
                              None, os.path.join(not_a_dir, 'run')),
   }
@@ -105,7 +111,8 @@ def outcomes(tmp_path_factory):
 @pytest.mark.parametrize('case', [
     'unknown_key', 'wrong_type', 'config_file_missing', 'unknown_dataset', 'data_missing',
     'labels_out_of_range', 'batch_indivisible', 'mesh_mismatch', 'incompatible_checkpoint',
-    'corrupt_checkpoint', 'partial_checkpoint', 'unwritable_workdir'])
+    'corrupt_checkpoint', 'partial_checkpoint', 'resume_other_batch_size', 'resume_other_seed',
+    'unwritable_workdir'])
 def test_bad_input_fails_in_one_line_and_changes_nothing(outcomes, case):
   proc, expected, watched, before = outcomes[case]
   errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
