@@ -24,6 +24,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cfg_jax import config_lib
+
 
 class CheckpointError(ValueError):
   """A checkpoint that is missing, corrupt, unreadable, or does not fit the run restoring it."""
@@ -267,11 +269,25 @@ def restore(mngr, abstract_state, step=None, config=None):
   return type(abstract_state)(**r.train_state, ema_params=r.ema_params)
 
 
+def _merge(config, saved):
+  """`saved` (JSON: lists for tuples) written over `config`; keys the schema lacks are kept."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      tuples = lambda v: tuple(tuples(x) for x in v) if isinstance(v, list) else v
+      with config.ignore_type():
+        config[key] = tuples(value)
+
+
 def restore_config(mngr, step=None):
-  """The resolved config saved with a checkpoint."""
+  """The resolved config saved with a checkpoint, over today's defaults: settings added since
+  the checkpoint was written take their defaults (the paper's behaviour)."""
   step = mngr.latest_step() if step is None else step
   r = _restore(mngr, step, config=ocp.args.JsonRestore())
-  return ml_collections.ConfigDict(r.config)
+  config = config_lib.base_config()
+  _merge(config, r.config)
+  return config
 
 
 def restore_ema_params(mngr, abstract_params, step=None):

@@ -129,3 +129,15 @@ def test_quieting_a_failed_restore_leaves_process_hooks_alone(saved, tmp_path):
       read(damaged)
     assert sys.unraisablehook is hook
     assert asyncio_log.filters == filters and asyncio_log.level == level
+
+
+def test_a_saved_config_without_newer_settings_gets_their_defaults():
+  """A checkpoint written before a setting existed restores with that setting's default."""
+  from cfg_jax import config_lib
+  saved = config_lib.base_config().to_dict()
+  del saved['sample']['guidance_rule'], saved['diffusion']['train_logsnr']
+  saved['model']['channel_mult'] = [1, 2]          # JSON's lists become tuples again
+  config = config_lib.base_config()
+  checkpoint._merge(config, saved)
+  assert config.sample.guidance_rule == 'cfg' and config.diffusion.train_logsnr == 'cosine'
+  assert config.model.channel_mult == (1, 2)
