@@ -1,0 +1,61 @@
+"""Command-line flags for the guidance variants, shared by launch/sample.py and launch/evaluate.py.
+
+Each flag left unset keeps the checkpoint config's `sample` setting (the paper's rule unless the
+config says otherwise); `overrides()` returns the ones given, checked, as keyword arguments of
+`Pipeline.sample` / `guidance.from_settings`.
+"""
+import math
+
+from absl import flags
+
+from cfg_jax import guidance
+
+_RULE = flags.DEFINE_enum('guidance_rule', None, guidance.COMBINE_RULES,
+                          'How the two predictions combine: cfg (paper), apg, cfgpp.')
+_INTERVAL = flags.DEFINE_list('interval', None, 'λ_lo,λ_hi: guide only there; elsewhere the '
+                              'network runs on the conditional rows alone.')
+_INTERVAL_SIGMA = flags.DEFINE_list('interval_sigma', None, 'σ_lo,σ_hi: the same interval in '
+                                    "EDM's σ = e^{-λ/2}, (σ_lo, σ_hi].")
+_RESCALE = flags.DEFINE_float('rescale', None, 'CFG rescale φ in [0, 1] (0: off).')
+_THRESHOLD = flags.DEFINE_float('threshold', None,
+                                'Dynamic thresholding percentile p in (0, 1] (0: off).')
+_APG_ETA = flags.DEFINE_float('apg_eta', None, 'APG: weight η of the parallel part.')
+_APG_NORM = flags.DEFINE_float('apg_norm', None, 'APG: norm threshold r (0: none).')
+_APG_MOMENTUM = flags.DEFINE_float('apg_momentum', None, 'APG: momentum β (e.g. -0.5).')
+_SCHEDULE = flags.DEFINE_enum('w_schedule', None, guidance.SCHEDULES[:-1],
+                              'w along the trajectory: constant (paper), linear, cosine in λ.')
+
+
+class GuidanceFlagError(ValueError):
+  """A guidance flag that cannot mean anything."""
+
+
+def _pair(flag, *, positive=False):
+  if flag.value is None:
+    return None
+  try:
+    lo, hi = (float(v) for v in flag.value)
+  except ValueError:
+    raise GuidanceFlagError(f'--{flag.name} must be two numbers low,high, got '
+                            f'{",".join(flag.value)!r}') from None
+  if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi) or (positive and lo <= 0):
+    raise GuidanceFlagError(f'--{flag.name}={lo:g},{hi:g} must be finite with low < high'
+                            + (' and low > 0' if positive else ''))
+  return (lo, hi)
+
+
+def overrides():
+  """The guidance settings given on the command line, checked; raises GuidanceFlagError."""
+  out = {'rule': _RULE.value, 'schedule': _SCHEDULE.value, 'interval': _pair(_INTERVAL),
+         'interval_sigma': _pair(_INTERVAL_SIGMA, positive=True)}
+  if out['interval'] and out['interval_sigma']:
+    raise GuidanceFlagError('give --interval (λ) or --interval_sigma (σ), not both')
+  ranges = {_RESCALE: (0.0, 1.0), _THRESHOLD: (0.0, 1.0), _APG_NORM: (0.0, math.inf),
+            _APG_ETA: (-math.inf, math.inf), _APG_MOMENTUM: (-math.inf, math.inf)}
+  for flag, (lo, hi) in ranges.items():
+    if flag.value is not None:
+      if not (math.isfinite(flag.value) and lo <= flag.value <= hi):
+        raise GuidanceFlagError(f'--{flag.name}={flag.value} must be a finite number in '
+                                f'[{lo:g}, {hi:g}]')
+      out[flag.name] = flag.value
+  return {k: v for k, v in out.items() if v is not None}
