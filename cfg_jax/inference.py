@@ -69,7 +69,7 @@ class Pipeline:
     size = self.config.data.pad_to or self.config.data.image_size
     self.shape = (size, size, self.config.data.channels)
     self.set_params(self.params)
-    self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip'))
+    self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip', 'grid'))
 
   def set_params(self, params):
     """Swaps in new parameters (e.g. the EMA during training).
@@ -85,15 +85,16 @@ class Pipeline:
     self.params = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, replicated),
                                params)
 
-  def _sample_batch(self, params, labels, guide, indices, key, steps, v, *, method, clip):
+  def _sample_batch(self, params, labels, guide, indices, key, steps, v, logsnr_range, rho, *,
+                    method, clip, grid):
     """One batch on the devices: labels, indices and guide's per-example fields sharded alike;
-    guide is a `guidance.Guidance` or None (unguided, B rows). Jitted as `sample_batch`."""
-    s = self.config.sample
+    guide is a `guidance.Guidance` or None (unguided, B rows); logsnr_range = (λ_min, λ_max)
+    of the time grid. Jitted as `sample_batch`."""
     return sampling.sample(
         eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh), labels,
         guide, key, shape=self.shape, null_label=self.num_classes, steps=steps, method=method,
-        v=v, clip=clip, indices=indices, grid=s.grid, logsnr_min=s.logsnr_min,
-        logsnr_max=s.logsnr_max, rho=s.rho)
+        v=v, clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
+        logsnr_max=logsnr_range[1], rho=rho)
 
   def guidance(self, w, n, **settings):
     """The `guidance.Guidance` that `sample` uses for n samples: w (scalar or (n,)) with the
@@ -106,18 +107,27 @@ class Pipeline:
     return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
 
   def sample(self, labels, w=TUNED, *, steps=None, method=None, seed=0, v=None, clip=None,
-             batch_size=256, progress=False, **guidance_overrides):
+             grid=None, logsnr_range=None, batch_size=256, progress=False, **guidance_overrides):
     """Samples for `labels` (N,) at guidance w (scalar or (N,); None: the unguided model; by
     default the w chosen for this checkpoint by a sweep, else 0). Guidance settings default to
     the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
     rescale=0.7, threshold=0.995, schedule='linear', ...; see `guidance.from_settings`).
 
-    Returns float32 images (N, H, W, C) in the data range [−1, 1] (when clipped). Sample i
+    steps, method, v, clip, grid (time grid), logsnr_range ((λ_min, λ_max) of the grid):
+    default to the config's `sample` group. Returns float32 images (N, H, W, C) in the data
+    range [−1, 1] (when clipped). Sample i
     depends only on (seed, i, label_i, w_i), never on `batch_size` or the device count.
     """
     s = self.config.sample
     steps, method = steps or s.steps, method or s.method
     v, clip = s.v if v is None else v, s.clip if clip is None else clip
+    grid = grid or s.grid
+    logsnr_range = tuple(np.float32(a) for a in (logsnr_range or (s.logsnr_min, s.logsnr_max)))
+    if grid not in sampling.GRIDS:
+      raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(sampling.GRIDS)}')
+    if not (np.all(np.isfinite(logsnr_range)) and logsnr_range[0] < logsnr_range[1]):
+      raise ValueError(f'the time grid\'s λ range must be finite and increasing, got '
+                       f'{logsnr_range}')
     if method not in sampling.METHODS:
       raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(sampling.METHODS)}')
     if isinstance(w, str) and w == TUNED:
@@ -144,6 +154,7 @@ class Pipeline:
                                      batch)
       chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
       x = self.sample_batch(self.params, put(labels), chunk, put(np.arange(n)), key, steps, v,
+                            logsnr_range, np.float32(s.rho), grid=grid,
                             method=method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)

@@ -25,6 +25,8 @@ import numpy as np
 import scipy.special
 import tqdm
 
+from cfg_jax import inference
+
 # --- Fréchet distance --------------------------------------------------------------------------
 
 
@@ -272,12 +274,13 @@ def load_samples(directory, w):
 
 
 def sample_for_w(pipe, w, labels, *, directory=None, steps=None, method=None, v=None, seed=0,
-                 batch_size=256, progress=True, tag=''):
+                 batch_size=256, progress=True, tag='', settings=None):
   """(uint8 samples for one w, whether they were read back from `directory`).
 
   Sample i uses noise stream i of `seed` at every w (common random numbers), so the rows of a
   sweep differ by w, not by noise. Saved samples are reused only if their labels and `tag`
-  (a string naming the settings that made them) match.
+  (a string naming the settings that made them) match. `settings`: further keyword arguments of
+  `Pipeline.sample` (time grid, guidance rule and its parameters).
   """
   path = directory and _w_file(directory, w)
   if path and os.path.exists(path):
@@ -285,10 +288,14 @@ def sample_for_w(pipe, w, labels, *, directory=None, steps=None, method=None, v=
       if (np.array_equal(saved['labels'], labels) and 'tag' in saved.files
           and str(saved['tag']) == tag):
         return saved['images'], True
-  # At w = 0 the guided rule is exactly ε(z, c), so the unguided path (half the rows) suffices.
-  guidance = None if w == 0 else np.full(len(labels), w, np.float32)
+  settings = settings or {}
+  # At w = 0 every rule but CFG++ and thresholding gives exactly ε(z, c), so the unguided path
+  # (half the rows) suffices.
+  full = inference.guidance_settings(pipe.config.sample, **settings)
+  same_at_0 = full['rule'] != 'cfgpp' and not full['threshold']
+  guidance = None if w == 0 and same_at_0 else np.full(len(labels), w, np.float32)
   x = pipe.sample(labels, guidance, steps=steps, method=method, v=v, seed=seed,
-                  batch_size=batch_size, progress=progress)
+                  batch_size=batch_size, progress=progress, **settings)
   images = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
   if path:
     tmp = path + '.tmp.npz'
@@ -299,7 +306,7 @@ def sample_for_w(pipe, w, labels, *, directory=None, steps=None, method=None, v=
 
 def sweep(pipe, extractor, reference, ws, num_samples, *, directory=None, steps=None,
           method=None, v=None, seed=0, batch_size=256, k=3, progress=True, tag='',
-          on_row: Optional[Callable[[dict], Any]] = None):
+          settings=None, on_row: Optional[Callable[[dict], Any]] = None):
   """Samples `num_samples` class-balanced images at each w and scores them; one row per w.
 
   With `directory`, each w's samples are kept there as samples_w{w}.npz and reused on the next
@@ -310,7 +317,8 @@ def sweep(pipe, extractor, reference, ws, num_samples, *, directory=None, steps=
   s = pipe.config.sample
   steps, method, v = steps or s.steps, method or s.method, s.v if v is None else v
   tag = json.dumps({'steps': steps, 'method': method, 'v': v if method == 'ancestral' else None,
-                    'seed': seed, 'clip': s.clip, 'extra': tag}, sort_keys=True)
+                    'seed': seed, 'clip': s.clip, 'extra': tag, 'settings': settings or {}},
+                   sort_keys=True)
   labels = balanced_labels(num_samples, pipe.num_classes)
   if directory:
     os.makedirs(directory, exist_ok=True)
@@ -319,7 +327,7 @@ def sweep(pipe, extractor, reference, ws, num_samples, *, directory=None, steps=
     start = time.perf_counter()
     images, reused = sample_for_w(pipe, w, labels, directory=directory, steps=steps,
                                   method=method, v=v, seed=seed, batch_size=batch_size,
-                                  progress=progress, tag=tag)
+                                  progress=progress, tag=tag, settings=settings)
     row = {'w': float(w), 'sample_seconds': round(time.perf_counter() - start, 1),
            'reused_samples': reused}
     row.update(evaluate_images(extractor, images.astype(np.float32) / 127.5 - 1.0, labels,

@@ -172,7 +172,8 @@ def test_guided_sampler_has_no_cross_device_collectives(pipes):
   lowered = pipe.sample_batch.lower(
       pipe.params, put(np.arange(16, dtype=np.int32) % 10),
       guidance.Guidance(w=put(np.ones(16, np.float32))), put(np.arange(16)), jax.random.key(0),
-      4, 0.3, method='ancestral', clip=True)
+      4, 0.3, (np.float32(-20), np.float32(20)), np.float32(7), method='ancestral', clip=True,
+      grid='cosine')
   hlo = lowered.compile().as_text()
   for op in ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter'):
     assert op not in hlo, op
