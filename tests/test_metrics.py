@@ -138,12 +138,13 @@ class _StubPipe:
   num_classes = 4
 
   def __init__(self):
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    self.config = ml_collections.ConfigDict(
-        {'sample': {'steps': 8, 'method': 'ddim', 'v': 0.3, 'clip': True}})
+    from cfg_jax import config_lib  # pylint: disable=g-import-not-at-top
+    self.config = config_lib.base_config()
+    self.config.sample.update(steps=8, method='ddim', v=0.3, clip=True)
     self.calls = []
 
-  def sample(self, labels, w, *, steps, method, v, seed, batch_size, progress):
+  def sample(self, labels, w, *, steps, method, v, seed, batch_size, progress, **settings):
+    del settings
     self.calls.append(None if w is None else float(w[0]))
     rng = np.random.default_rng(seed)
     base = labels[:, None, None, None] / 2.0 - 0.75
