@@ -4,7 +4,7 @@ import logging
 import re
 import sys
 
-from absl import flags, logging as absl_logging
+from absl import app, flags, logging as absl_logging
 
 CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
                                    'CPU devices to expose (default: one per core).')
@@ -18,12 +18,31 @@ NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the jo
 PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 
 
-def setup_runtime():
-  """runtime.setup() with the flags above; call before anything touches a device."""
+def setup_runtime(*, cpu_devices=None, single_process=False):
+  """runtime.setup() with the flags above; call before anything touches a device.
+
+  cpu_devices: overrides --cpu_devices. single_process: for tools that run on one machine
+  only; the multi-host flags are then refused instead of ignored.
+  """
   from cfg_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup(cpu_devices=CPU_DEVICES.value, distributed=DISTRIBUTED.value,
-                coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
-                process_id=PROCESS_ID.value)
+  if single_process:
+    given = [f'--{f.name}' for f in (DISTRIBUTED, COORDINATOR, NUM_PROCESSES, PROCESS_ID)
+             if f.present]
+    if given:
+      fail(f'{given[0]}: this tool runs in one process; run it on one host without it')
+  try:
+    runtime.setup(cpu_devices=cpu_devices or CPU_DEVICES.value,
+                  distributed=False if single_process else DISTRIBUTED.value,
+                  coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
+                  process_id=PROCESS_ID.value)
+  except (RuntimeError, ValueError) as e:  # the coordinator cannot be reached, bad ids
+    fail(f'cannot join the multi-host job: {_one_line(e)}')
+
+
+def is_main_process():
+  """Only process 0 writes files; the others compute their part and keep quiet."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 class _MainProcessInfo(logging.Filter):
@@ -81,6 +100,16 @@ def parse_flags(argv):
     fail(f'the config file {e.filename} does not parse: line {e.lineno}: {e.msg}')
   except OSError as e:  # ml_collections: the config file cannot be loaded
     fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')
+
+
+def run(main, interrupted):
+  """app.run(main) with one-line flag errors; Ctrl-C ends with `interrupted` and exit 130."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      fail(f'interrupted (Ctrl-C): {interrupted}', code=130)
+  app.run(guarded, flags_parser=parse_flags)
 
 
 def print_result(result, as_json):
