@@ -1,6 +1,8 @@
 """What every command-line entry point shares: runtime flags, quiet logs, one-line errors, reports."""
 import json
 import logging
+import math
+import os
 import re
 import sys
 
@@ -67,6 +69,43 @@ def fail(message, code=2):
   """Ends the program with one line on stderr: what is wrong and what to do."""
   sys.stderr.write(f'error: {message}\n')
   sys.exit(code)
+
+
+def require(ok, message):
+  """fail(message) unless `ok`: a flag's range check in one line."""
+  if not ok:
+    fail(message)
+
+
+def guidance_values(values, flag='--guidance'):
+  """Finite, distinct w >= -1 (w = -1 is the unconditional model) from a list flag."""
+  try:
+    ws = [float(w) for w in values]
+  except ValueError:
+    fail(f'{flag} must be numbers separated by commas, got {",".join(values)!r}')
+  require(ws and all(math.isfinite(w) and w >= -1 for w in ws),
+          f'{flag} must be finite numbers >= -1, got {",".join(values)!r}')
+  require(len(set(ws)) == len(ws), f'{flag} must list distinct values, got {",".join(values)!r}')
+  return ws
+
+
+def check_writable(path, flag):
+  """Proves now, before minutes of work, that the folder `path` can be made and written; creates
+  nothing. Returns its nearest existing ancestor (or itself), e.g. to measure free space."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  probe = os.path.join(existing, f'.write_test.{os.getpid()}')
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, 'Not a directory')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    fail(f'{flag}={path} cannot be written ({e.strerror or e}); choose another {flag} or fix '
+         f'its permissions')
+  return existing
 
 
 def _one_line(text):

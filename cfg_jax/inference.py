@@ -54,11 +54,12 @@ class Pipeline:
         clip=clip, indices=indices, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
 
   def sample(self, labels, w=0.0, *, steps=None, method=None, seed=0, v=None, clip=None,
-             batch_size=256, progress=False):
+             batch_size=256, progress=False, first_index=0):
     """Samples for `labels` (N,) at guidance w (scalar, (N,), or None for the unguided model).
 
     Returns float32 images (N, H, W, C) in the data range [−1, 1] (when clipped). Sample i
-    depends only on (seed, i, label_i, w_i), never on `batch_size` or the device count.
+    depends only on (seed, first_index + i, label_i, w_i), never on `batch_size` or the device
+    count, so a long request drawn in chunks (first_index = the chunk's start) is the same.
     """
     s = self.config.sample
     steps, method = steps or s.steps, method or s.method
@@ -82,7 +83,7 @@ class Pipeline:
       stop = min(start + batch_size, n)
       pad = -(stop - start) % n_dev
       put = lambda a: jax.device_put(np.pad(a[start:stop], (0, pad), mode='edge'), batch)
-      x = self._sample_batch(self.params, put(labels), put(w), put(np.arange(n)), key,
+      x = self._sample_batch(self.params, put(labels), put(w), put(np.arange(first_index, first_index + n)), key,
                              steps, v, method=method, clip=clip, guided=guided)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
@@ -91,9 +92,14 @@ class Pipeline:
 def load(workdir, step=None, devices=None):
   """A Pipeline with the EMA parameters of `workdir`'s latest (or given) checkpoint."""
   mngr = checkpoint.manager(workdir, read_only=True)
-  if mngr.latest_step() is None:
+  steps = sorted(mngr.all_steps())
+  if not steps:
     raise checkpoint.CheckpointError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
                                      'train first with launch/train.py')
+  if step is not None and step not in steps:
+    raise checkpoint.CheckpointError(
+        f'no checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}; it holds steps '
+        f'{", ".join(map(str, steps))}')
   config = checkpoint.restore_config(mngr, step)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1}, devices)
   model = model_lib.from_config(config)
