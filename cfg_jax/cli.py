@@ -146,8 +146,11 @@ def run(main, interrupted):
   def guarded(argv):
     try:
       return main(argv)
-    except KeyboardInterrupt:
-      fail(f'interrupted (Ctrl-C): {interrupted}', code=130)
+    except KeyboardInterrupt:   # `finally` blocks have run; skip the interpreter's teardown,
+      sys.stdout.flush()        # which can crash (SIGSEGV) after an interrupted XLA compile
+      sys.stderr.write(f'error: interrupted (Ctrl-C): {interrupted}\n')
+      sys.stderr.flush()
+      os._exit(130)
   app.run(guarded, flags_parser=parse_flags)
 
 

@@ -60,6 +60,7 @@ class _NpzStream:
     os.replace(self._tmp, self._path)
 
   def abort(self):
+    self._images.close()
     self._zip.close()
     os.remove(self._tmp)
 
