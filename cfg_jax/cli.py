@@ -32,6 +32,11 @@ def setup_runtime(*, cpu_devices=None, single_process=False):
              if f.present]
     if given:
       fail(f'{given[0]}: this tool runs in one process; run it on one host without it')
+  n, i = NUM_PROCESSES.value, PROCESS_ID.value
+  if (n is not None or i is not None) and not (COORDINATOR.value or DISTRIBUTED.value):
+    fail('--num_processes and --process_id need --coordinator_address=HOST:PORT (or --distributed)')
+  if n is not None and (n < 1 or (i is not None and not 0 <= i < n)):
+    fail(f'--process_id must lie in [0, --num_processes={n}), got {i}')
   try:
     runtime.setup(cpu_devices=cpu_devices or CPU_DEVICES.value,
                   distributed=False if single_process else DISTRIBUTED.value,
