@@ -44,7 +44,7 @@ def setup(*, cpu_devices=None, compilation_cache=DEFAULT_CACHE_DIR, distributed=
 
 class StopSignal:
   """SIGTERM (a preempted TPU VM, SLURM's time limit, `kill`) or Ctrl-C asks training to save
-  and stop after the current step; a second Ctrl-C raises KeyboardInterrupt at once.
+  and stop after the current step; a Ctrl-C after either raises KeyboardInterrupt at once.
 
   Every process must stop after the same step, or the others wait forever in a collective.
   With one process a handler records the signal; with several, JAX's preemption service
@@ -63,7 +63,7 @@ class StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    if signum == signal.SIGINT and self.received == 'SIGINT':
+    if signum == signal.SIGINT and self.received is not None:   # asked twice: stop now
       signal.signal(signal.SIGINT, signal.default_int_handler)
       raise KeyboardInterrupt
     self.received = self.received or signal.Signals(signum).name
