@@ -14,6 +14,7 @@ minutes) against the real test split, and writes to OUT:
   samples_w*.npz the samples, so a rerun of an interrupted sweep skips finished w values.
 OUT is checked to be writable before anything is computed. Runs in one process (one host).
 """
+import math
 import os
 
 from absl import flags
@@ -78,12 +79,27 @@ def main(argv):
                  else checkpoint.manager(_WORKDIR.value, read_only=True).latest_step())
   except (checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
+  _check_size(pipe, ws)
   os.makedirs(out, exist_ok=True)
   try:
     with workdir_lock.held(out):   # one sweep per folder: they share samples_w*.npz
       _evaluate(pipe, ws, ckpt_step, out)
   except workdir_lock.WorkdirBusyError as e:
     cli.fail(str(e))
+
+
+def _check_size(pipe, ws):
+  """Says the work up front, and refuses a sweep whose samples for one w (held in memory, as
+  float32 and uint8, to be scored together) would not fit in half of this machine's memory."""
+  steps = _STEPS.value or pipe.config.sample.steps
+  rows = sum(_NUM.value * steps * (1 if w == 0 else 2) for w in ws)
+  need = _NUM.value * math.prod(pipe.shape) * 5
+  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  print(f'{_NUM.value:,} samples at each of {len(ws)} w, {steps} steps: {rows:,} network rows; '
+        f'{need / 2**20:,.0f} MiB of samples in memory per w')
+  cli.require(need < memory / 2, f'--num_samples={_NUM.value} holds {need / 2**30:.1f} GiB of '
+              f'samples per w in memory, this machine has {memory / 2**30:.1f} GiB; lower '
+              f'--num_samples')
 
 
 def _evaluate(pipe, ws, ckpt_step, out):
