@@ -179,6 +179,9 @@ def _tool_cases(tmp, workdir):
       'sample_flag_type': ('sample.py', [w, '--per_class=abc'], ['--per_class', 'abc']),
       'evaluate_step_0': ('evaluate.py', [w, '--step=0'],
                           ['no checkpoint at step 0 in', 'it holds steps 2']),
+      'evaluate_too_large': ('evaluate.py', [w, '--num_samples=10000000000'],
+                             ['--num_samples=10000000000 holds', 'GiB of samples per w in memory, '
+                              'this machine has', 'lower --num_samples']),
       'evaluate_unwritable_out': ('evaluate.py', [w, f'--out={bad_out}'],
                                   [f'--out={bad_out} cannot be written']),
       'evaluate_distributed': ('evaluate.py', [w, '--distributed'],
@@ -206,7 +209,7 @@ def tool_outcomes(trained):
 
 @pytest.mark.parametrize('case', [
     'sample_nan_w', 'sample_unwritable_out', 'sample_missing_step', 'sample_too_large',
-    'sample_flag_type', 'evaluate_step_0', 'evaluate_unwritable_out', 'evaluate_distributed',
+    'sample_flag_type', 'evaluate_step_0', 'evaluate_too_large', 'evaluate_unwritable_out', 'evaluate_distributed',
     'classifier_unwritable_out', 'compare_unwritable_out', 'aot_no_devices'])
 def test_other_launchers_check_their_input_before_working(tool_outcomes, case):
   results, before, after = tool_outcomes
