@@ -40,13 +40,14 @@ def _holder(path):
 
 def _busy(workdir, path):
   h = _holder(path)
-  who = (f'pid {h["pid"]} on host {h["host"]}, started {h["started"]}: {h["command"]}'
-         if h else 'see ' + path)
-  here = h.get('host') == socket.gethostname()
-  stop = f'`kill -INT {h["pid"]}`' + ('' if here else f' on {h["host"]}') if h else 'it'
+  if not h:   # its holder is rewriting it this instant
+    return WorkdirBusyError(f'{workdir} is in use by another run (see {path}); wait for it to '
+                            f'end or choose another folder')
+  where = '' if h['host'] == socket.gethostname() else f' on {h["host"]}'
   return WorkdirBusyError(
-      f'{workdir} is in use by another run ({who}); wait for it to end, stop it with {stop} '
-      f'(it saves first), or choose another folder')
+      f'{workdir} is in use by another run (pid {h["pid"]} on host {h["host"]}, started '
+      f'{h["started"]}: {h["command"]}); wait for it to end, stop it with `kill -INT '
+      f'{h["pid"]}`{where} (it saves first), or choose another folder')
 
 
 def _acquire(workdir):
