@@ -1,10 +1,12 @@
 """What every command-line entry point shares: runtime flags, quiet logs, one-line errors, reports."""
 import json
 import logging
+import math
+import os
 import re
 import sys
 
-from absl import flags, logging as absl_logging
+from absl import app, flags, logging as absl_logging
 
 CPU_DEVICES = flags.DEFINE_integer('cpu_devices', None,
                                    'CPU devices to expose (default: one per core).')
@@ -18,12 +20,36 @@ NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the jo
 PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 
 
-def setup_runtime():
-  """runtime.setup() with the flags above; call before anything touches a device."""
+def setup_runtime(*, cpu_devices=None, single_process=False):
+  """runtime.setup() with the flags above; call before anything touches a device.
+
+  cpu_devices: overrides --cpu_devices. single_process: for tools that run on one machine
+  only; the multi-host flags are then refused instead of ignored.
+  """
   from cfg_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.setup(cpu_devices=CPU_DEVICES.value, distributed=DISTRIBUTED.value,
-                coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
-                process_id=PROCESS_ID.value)
+  if single_process:
+    given = [f'--{f.name}' for f in (DISTRIBUTED, COORDINATOR, NUM_PROCESSES, PROCESS_ID)
+             if f.present]
+    if given:
+      fail(f'{given[0]}: this tool runs in one process; run it on one host without it')
+  n, i = NUM_PROCESSES.value, PROCESS_ID.value
+  if (n is not None or i is not None) and not (COORDINATOR.value or DISTRIBUTED.value):
+    fail('--num_processes and --process_id need --coordinator_address=HOST:PORT (or --distributed)')
+  if n is not None and (n < 1 or (i is not None and not 0 <= i < n)):
+    fail(f'--process_id must lie in [0, --num_processes={n}), got {i}')
+  try:
+    runtime.setup(cpu_devices=cpu_devices or CPU_DEVICES.value,
+                  distributed=False if single_process else DISTRIBUTED.value,
+                  coordinator_address=COORDINATOR.value, num_processes=NUM_PROCESSES.value,
+                  process_id=PROCESS_ID.value)
+  except (RuntimeError, ValueError) as e:  # the coordinator cannot be reached, bad ids
+    fail(f'cannot join the multi-host job: {_one_line(e)}')
+
+
+def is_main_process():
+  """Only process 0 writes files; the others compute their part and keep quiet."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 class _MainProcessInfo(logging.Filter):
@@ -48,6 +74,43 @@ def fail(message, code=2):
   """Ends the program with one line on stderr: what is wrong and what to do."""
   sys.stderr.write(f'error: {message}\n')
   sys.exit(code)
+
+
+def require(ok, message):
+  """fail(message) unless `ok`: a flag's range check in one line."""
+  if not ok:
+    fail(message)
+
+
+def guidance_values(values, flag='--guidance'):
+  """Finite, distinct w >= -1 (w = -1 is the unconditional model) from a list flag."""
+  try:
+    ws = [float(w) for w in values]
+  except ValueError:
+    fail(f'{flag} must be numbers separated by commas, got {",".join(values)!r}')
+  require(ws and all(math.isfinite(w) and w >= -1 for w in ws),
+          f'{flag} must be finite numbers >= -1, got {",".join(values)!r}')
+  require(len(set(ws)) == len(ws), f'{flag} must list distinct values, got {",".join(values)!r}')
+  return ws
+
+
+def check_writable(path, flag):
+  """Proves now, before minutes of work, that the folder `path` can be made and written; creates
+  nothing. Returns its nearest existing ancestor (or itself), e.g. to measure free space."""
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  probe = os.path.join(existing, f'.write_test.{os.getpid()}')
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, 'Not a directory')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    fail(f'{flag}={path} cannot be written ({e.strerror or e}); choose another {flag} or fix '
+         f'its permissions')
+  return existing
 
 
 def _one_line(text):
@@ -81,6 +144,19 @@ def parse_flags(argv):
     fail(f'the config file {e.filename} does not parse: line {e.lineno}: {e.msg}')
   except OSError as e:  # ml_collections: the config file cannot be loaded
     fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')
+
+
+def run(main, interrupted):
+  """app.run(main) with one-line flag errors; Ctrl-C ends with `interrupted` and exit 130."""
+  def guarded(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:   # `finally` blocks have run; skip the interpreter's teardown,
+      sys.stdout.flush()        # which can crash (SIGSEGV) after an interrupted XLA compile
+      sys.stderr.write(f'error: interrupted (Ctrl-C): {interrupted}\n')
+      sys.stderr.flush()
+      os._exit(130)
+  app.run(guarded, flags_parser=parse_flags)
 
 
 def print_result(result, as_json):

@@ -1,5 +1,6 @@
 """The config schema: defaults every file in configs/ starts from, and checks of a resolved config."""
 import difflib
+import math
 
 import ml_collections
 
@@ -137,14 +138,63 @@ def _choice(name, value, allowed):
     raise ConfigError(f'{name}={value!r}: use one of {", ".join(allowed)}')
 
 
+def _ranges(config):
+  """(name, value, whether it is in range, the range in words) for every numeric setting."""
+  t, s, m, d, g = config.train, config.sample, config.model, config.data, config.diffusion
+  finite = lambda *xs: all(math.isfinite(x) for x in xs)
+  mesh_size = lambda n: n == -1 or n >= 1
+  return [
+      ('seed', config.seed, config.seed >= 0, '>= 0'),
+      ('data.image_size', d.image_size, d.image_size >= 1, '>= 1'),
+      ('data.channels', d.channels, d.channels >= 1, '>= 1'),
+      ('data.num_classes', d.num_classes, d.num_classes >= 1, '>= 1'),
+      ('data.pad_to', d.pad_to, d.pad_to == 0 or d.pad_to >= d.image_size,
+       f'0 (no padding) or >= data.image_size={d.image_size}'),
+      ('data.num_threads', d.num_threads, d.num_threads >= 1, '>= 1'),
+      ('diffusion.logsnr_min', g.logsnr_min, finite(g.logsnr_min, g.logsnr_max)
+       and g.logsnr_min < g.logsnr_max, f'finite and < diffusion.logsnr_max={g.logsnr_max}'),
+      ('model.channels', m.channels, m.channels >= 1, '>= 1'),
+      ('model.channel_mult', tuple(m.channel_mult),
+       len(m.channel_mult) >= 1 and all(isinstance(c, int) and c >= 1 for c in m.channel_mult),
+       'one or more integers >= 1'),
+      ('model.num_res_blocks', m.num_res_blocks, m.num_res_blocks >= 1, '>= 1'),
+      ('model.attention_head_channels', m.attention_head_channels,
+       m.attention_head_channels >= 1, '>= 1'),
+      ('model.attention_num_heads', m.attention_num_heads, m.attention_num_heads >= 0,
+       '>= 0 (0: from attention_head_channels)'),
+      ('model.dropout', m.dropout, 0.0 <= m.dropout < 1.0, 'in [0, 1)'),
+      ('train.num_steps', t.num_steps, t.num_steps >= 0, '>= 0'),
+      ('train.batch_size', t.batch_size, t.batch_size >= 1, '>= 1'),
+      ('train.p_uncond', t.p_uncond, 0.0 <= t.p_uncond <= 1.0, 'in [0, 1]'),
+      ('train.learning_rate', t.learning_rate, finite(t.learning_rate) and t.learning_rate > 0,
+       'finite and > 0'),
+      ('train.warmup_steps', t.warmup_steps, t.warmup_steps >= 0, '>= 0'),
+      ('train.grad_clip', t.grad_clip, finite(t.grad_clip) and t.grad_clip > 0, 'finite and > 0'),
+      ('train.ema_decay', t.ema_decay, 0.0 <= t.ema_decay < 1.0, 'in [0, 1)'),
+      ('train.log_every', t.log_every, t.log_every >= 1, '>= 1'),
+      ('train.checkpoint_every', t.checkpoint_every, t.checkpoint_every >= 1, '>= 1'),
+      ('train.keep_checkpoints', t.keep_checkpoints, t.keep_checkpoints >= 1, '>= 1'),
+      ('train.sample_every', t.sample_every, t.sample_every >= 0, '>= 0 (0: only at the end)'),
+      ('sample.steps', s.steps, s.steps >= 2, '>= 2'),
+      ('sample.v', s.v, 0.0 <= s.v <= 1.0, 'in [0, 1]'),
+      ('sample.guidance', tuple(s.guidance),
+       all(isinstance(w, (int, float)) and finite(w) and w >= -1 for w in s.guidance)
+       and (len(s.guidance) >= 1 or not s.per_class), 'finite numbers >= -1'),
+      ('sample.per_class', s.per_class, s.per_class >= 0, '>= 0 (0: no grids)'),
+      ('mesh.data', config.mesh.data, mesh_size(config.mesh.data), '-1 (the rest) or >= 1'),
+      ('mesh.fsdp', config.mesh.fsdp, mesh_size(config.mesh.fsdp)
+       and (config.mesh.data, config.mesh.fsdp) != (-1, -1),
+       '-1 (the rest) or >= 1, not -1 with mesh.data=-1'),
+  ]
+
+
 def validate(config):
   """Catches settings that would otherwise fail deep inside jit; raises ConfigError."""
   check_schema(config)
+  for name, value, ok, allowed in _ranges(config):
+    if not ok:
+      raise ConfigError(f'config.{name}={value!r} must be {allowed}')
   t, s = config.train, config.sample
-  if not 0.0 <= t.p_uncond <= 1.0:
-    raise ConfigError(f'config.train.p_uncond={t.p_uncond} must lie in [0, 1]')
-  if t.batch_size <= 0 or t.num_steps < 0:
-    raise ConfigError('config.train.batch_size must be > 0 and config.train.num_steps >= 0')
   if t.on_nonfinite not in ('stop', 'skip'):
     raise ConfigError(f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
   d = config.diffusion
@@ -155,22 +205,8 @@ def validate(config):
   _choice('config.train.loss_weighting', t.loss_weighting, training.LOSS_WEIGHTINGS)
   _choice('config.sample.method', s.method, sampling.METHODS)
   _choice('config.sample.grid', s.grid, sampling.GRIDS)
-  for name, value in (('diffusion.train_logsnr_std', d.train_logsnr_std),
-                      ('train.min_snr_gamma', t.min_snr_gamma),
-                      ('train.edm_sigma_data', t.edm_sigma_data), ('sample.rho', s.rho)):
-    if not value > 0:   # also refuses NaN
-      raise ConfigError(f'config.{name}={value} must be > 0')
-  if not t.ema_power >= 0:
-    raise ConfigError(f'config.train.ema_power={t.ema_power} must be >= 0 (0: constant decay)')
   _choice('config.sample.guidance_rule', s.guidance_rule, guidance.COMBINE_RULES)
   _choice('config.sample.w_schedule', s.w_schedule, guidance.SCHEDULES)
-  if not 0.0 <= s.rescale <= 1.0:
-    raise ConfigError(f'config.sample.rescale={s.rescale} must lie in [0, 1] (0: off)')
-  if not 0.0 <= s.threshold <= 1.0:
-    raise ConfigError(f'config.sample.threshold={s.threshold} must lie in [0, 1] (0: off)')
-  if not s.apg_norm >= 0.0 or not s.apg_eta == s.apg_eta or not s.apg_momentum == s.apg_momentum:
-    raise ConfigError('config.sample.apg_norm must be >= 0 (0: none); apg_eta and apg_momentum '
-                      'must be numbers')
   for name in ('interval', 'interval_sigma'):
     pair = tuple(s[name])
     if pair and not (len(pair) == 2 and pair[0] < pair[1]):
@@ -181,14 +217,8 @@ def validate(config):
     raise ConfigError(f'config.sample.interval_sigma={tuple(s.interval_sigma)} must be > 0')
   if (s.w_schedule == 'table') != bool(s.w_table):
     raise ConfigError("config.sample.w_table goes with w_schedule='table', and only with it")
-  for group in ('diffusion', 'sample'):
-    lo, hi = config[group].logsnr_min, config[group].logsnr_max
-    if not lo < hi:
-      raise ConfigError(f'config.{group}.logsnr_min={lo} must be < logsnr_max={hi}')
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
-  if config.data.num_classes < 1:
-    raise ConfigError(f'config.data.num_classes={config.data.num_classes} must be >= 1')
   size = config.data.pad_to or config.data.image_size
   if size % 2 ** (len(config.model.channel_mult) - 1):
     raise ConfigError(f'config.data.image_size={size} must divide by 2^(levels-1) '

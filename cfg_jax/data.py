@@ -8,7 +8,9 @@ Images stay uint8 until they reach the device (`to_model_range`).
 """
 import dataclasses
 import gzip
+import math
 import os
+import zlib
 
 import grain
 import jax
@@ -22,7 +24,17 @@ _IDX_FILES = {'train': 'train', 'test': 't10k'}
 
 
 class DataError(ValueError):
-  """A data set that cannot be found or read; the message says how to get it."""
+  """A data set that cannot be found or read, or does not fit the config; the message says
+  how to get it or what to set."""
+
+
+class DataNotFoundError(DataError):
+  """The data set is not where it was looked for (and may be elsewhere, e.g. in TFDS)."""
+
+
+_GET_FASHION_MNIST = ('reinstall with `sudo apt-get install --reinstall dataset-fashion-mnist`, or '
+                      'download the idx files again from '
+                      'https://github.com/zalandoresearch/fashion-mnist')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +50,25 @@ class ArraySource:
     return {'image': self.images[i], 'label': self.labels[i]}
 
 
-def _read_idx(path):
-  with gzip.open(path, 'rb') as f:
-    raw = f.read()
-  ndim = raw[3]
-  dims = np.frombuffer(raw, '>u4', count=ndim, offset=4)
-  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+def _read_idx(path, ndim):
+  """The uint8 array of a gzipped idx file with `ndim` dimensions, its size checked against its
+  header (a cut download, a disk error)."""
+  def damaged(reason):
+    return DataError(f'{path} is truncated or corrupt ({reason}); '
+                     f'{_GET_FASHION_MNIST}')
+  try:
+    with gzip.open(path, 'rb') as f:
+      raw = f.read()
+  except (OSError, EOFError, zlib.error) as e:
+    raise damaged(str(e) or type(e).__name__) from None
+  header = 4 + 4 * ndim
+  if len(raw) < header or raw[:4] != bytes([0, 0, 8, ndim]):
+    raise damaged(f'not an idx file of {ndim}-d uint8 data')
+  dims = tuple(int(d) for d in np.frombuffer(raw, '>u4', count=ndim, offset=4))
+  if len(raw) - header != math.prod(dims):
+    raise damaged(f'{len(raw) - header:,} bytes of data where its header {dims} says '
+                  f'{math.prod(dims):,}')
+  return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
 def load_fashion_mnist(split, directory=''):
@@ -55,11 +80,14 @@ def load_fashion_mnist(split, directory=''):
   paths = [os.path.join(directory, f'{prefix}-{kind}-ubyte.gz') for kind in ('images-idx3', 'labels-idx1')]
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
-    raise DataError(
+    raise DataNotFoundError(
         f'Fashion-MNIST not found ({missing[0]} is missing). Install it with '
         f'`sudo apt-get install dataset-fashion-mnist`, or set --config.data.dir to a folder '
         f'holding the four idx .gz files.')
-  images, labels = (_read_idx(p) for p in paths)
+  images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1)
+  if len(images) != len(labels):
+    raise DataError(f'{paths[0]} holds {len(images):,} images but {paths[1]} {len(labels):,} '
+                    f'labels: the files do not belong together; {_GET_FASHION_MNIST}')
   return ArraySource(images[..., None], labels.astype(np.int32))
 
 
@@ -91,16 +119,33 @@ def load_tfds(name, split, data_dir=''):
 
 
 def load_source(data_config, split):
-  """The random-access source for `split` of `data_config.name`."""
+  """The random-access source for `split` of `data_config.name`, checked against the config."""
   if data_config.name == 'fashion_mnist':
     try:
-      return load_fashion_mnist(split, data_config.dir)
-    except DataError as idx_error:
+      source = load_fashion_mnist(split, data_config.dir)
+    except DataNotFoundError as idx_error:
       try:
-        return load_tfds('fashion_mnist', split, data_config.dir)
+        source = load_tfds('fashion_mnist', split, data_config.dir)
       except DataError:
         raise idx_error from None
-  return load_tfds(data_config.name, split, data_config.dir)
+  else:
+    source = load_tfds(data_config.name, split, data_config.dir)
+  _check_fits(source, data_config, f'{data_config.name} split {split!r}')
+  return source
+
+
+def _check_fits(source, data_config, name):
+  """Image shape and (for in-memory sources: every) label against the config, before any
+  compiling; TFDS labels are checked batch by batch as they are read."""
+  if not len(source):
+    raise DataError(f'{name} is empty')
+  size, channels = data_config.get('image_size'), data_config.get('channels')
+  shape = tuple(np.shape(source[0]['image']))
+  if size and channels and shape != (size, size, channels):
+    raise DataError(f'{name} has images of shape {shape}, the config says ({size}, {size}, '
+                    f'{channels}); set config.data.image_size and config.data.channels')
+  if isinstance(source, ArraySource) and 'num_classes' in data_config:
+    check_labels(source.labels, data_config.num_classes)
 
 
 def check_labels(labels, num_classes):

@@ -107,7 +107,8 @@ class Pipeline:
     return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
 
   def sample(self, labels, w=TUNED, *, steps=None, method=None, seed=0, v=None, clip=None,
-             grid=None, logsnr_range=None, batch_size=256, progress=False, **guidance_overrides):
+             grid=None, logsnr_range=None, batch_size=256, progress=False, first_index=0,
+             **guidance_overrides):
     """Samples for `labels` (N,) at guidance w (scalar or (N,); None: the unguided model; by
     default the w chosen for this checkpoint by a sweep, else 0). Guidance settings default to
     the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
@@ -115,8 +116,9 @@ class Pipeline:
 
     steps, method, v, clip, grid (time grid), logsnr_range ((λ_min, λ_max) of the grid):
     default to the config's `sample` group. Returns float32 images (N, H, W, C) in the data
-    range [−1, 1] (when clipped). Sample i
-    depends only on (seed, i, label_i, w_i), never on `batch_size` or the device count.
+    range [−1, 1] (when clipped). Sample i depends only on (seed, first_index + i, label_i, w_i),
+    never on `batch_size` or the device count, so a long request drawn in chunks
+    (first_index = the chunk's start) is the same.
     """
     s = self.config.sample
     steps, method = steps or s.steps, method or s.method
@@ -153,7 +155,7 @@ class Pipeline:
       put = lambda a: jax.device_put(np.pad(np.asarray(a)[start:stop], (0, pad), mode='edge'),
                                      batch)
       chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
-      x = self.sample_batch(self.params, put(labels), chunk, put(np.arange(n)), key, steps, v,
+      x = self.sample_batch(self.params, put(labels), chunk, put(np.arange(first_index, first_index + n)), key, steps, v,
                             logsnr_range, np.float32(s.rho), grid=grid,
                             method=method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
@@ -164,9 +166,14 @@ def load(workdir, step=None, devices=None):
   """A Pipeline with the EMA parameters of `workdir`'s latest (or given) checkpoint, and the
   guidance chosen for it by a sweep (`tuning`), if any."""
   mngr = checkpoint.manager(workdir, read_only=True)
-  if mngr.latest_step() is None:
+  steps = sorted(mngr.all_steps())
+  if not steps:
     raise checkpoint.CheckpointError(f'no checkpoint in {checkpoint.checkpoint_dir(workdir)}; '
                                      'train first with launch/train.py')
+  if step is not None and step not in steps:
+    raise checkpoint.CheckpointError(
+        f'no checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}; it holds steps '
+        f'{", ".join(map(str, steps))}')
   config = checkpoint.restore_config(mngr, step)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1}, devices)
   model = model_lib.from_config(config)

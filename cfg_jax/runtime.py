@@ -43,30 +43,43 @@ def setup(*, cpu_devices=None, compilation_cache=DEFAULT_CACHE_DIR, distributed=
 
 
 class StopSignal:
-  """SIGTERM (a preempted TPU VM, SLURM's time limit, `kill`) asks training to save and stop.
+  """SIGTERM (a preempted TPU VM, SLURM's time limit, `kill`) or Ctrl-C asks training to save
+  and stop after the current step; a Ctrl-C after either raises KeyboardInterrupt at once.
 
   Every process must stop after the same step, or the others wait forever in a collective.
   With one process a handler records the signal; with several, JAX's preemption service
-  (started by jax.distributed.initialize, which catches SIGTERM) agrees on the step.
+  (started by jax.distributed.initialize, which catches SIGTERM) agrees on the step, and
+  Ctrl-C is passed on to it as a SIGTERM to this process.
   """
 
   def __init__(self):
-    self.received = False
-    self._previous = None
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.received = None   # the name of the first stop signal, once one arrives
+    self._previous = {}
+    if threading.current_thread() is not threading.main_thread():
+      return
+    if jax.process_count() == 1:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+    self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
+    del frame
+    if signum == signal.SIGINT and self.received is not None:   # asked twice: stop now
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      raise KeyboardInterrupt
+    self.received = self.received or signal.Signals(signum).name
+    if signum == signal.SIGINT and jax.process_count() > 1:
+      os.kill(os.getpid(), signal.SIGTERM)   # to the preemption service, which tells the others
 
   def reached(self, step):
     """True at the step where every process should save and stop; call at every step."""
-    if jax.process_count() > 1:
-      self.received = multihost_utils.reached_preemption_sync_point(step)
-    return self.received
+    if jax.process_count() == 1:
+      return self.received is not None
+    if not multihost_utils.reached_preemption_sync_point(step):
+      return False
+    self.received = self.received or 'SIGTERM'   # received by another process
+    return True
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

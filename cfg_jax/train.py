@@ -1,7 +1,7 @@
 """The training loop: `train_and_evaluate(config, workdir)`, importable by tests and notebooks.
 
 Reads top to bottom: workdir → mesh → data → model and optimizer → sharded, compiled step →
-restore or initialise → loop (log, checkpoint, sample, stop on SIGTERM) → final checkpoint.
+restore or initialise → loop (log, checkpoint, sample, stop on SIGTERM or Ctrl-C) → final checkpoint.
 The math lives in `cfg_jax.training`; this module only owns side effects.
 """
 import functools
@@ -17,7 +17,7 @@ import tqdm
 from etils import epath
 
 from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, runtime, sharding
-from cfg_jax import training, visualize
+from cfg_jax import training, visualize, workdir_lock
 
 log = logging.getLogger('cfg_jax')
 
@@ -32,7 +32,7 @@ class WorkdirError(ValueError):
 
 # Mistakes and failures that launchers report in one line, without a traceback.
 USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError, WorkdirError,
-               NonFiniteError)
+               workdir_lock.WorkdirBusyError, NonFiniteError)
 
 
 def build(config, mesh):
@@ -89,15 +89,22 @@ def check_workdir(workdir):
                        f'another --workdir or fix its permissions') from None
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, stop=None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
-  SIGTERM saves a checkpoint after the current step and returns early (state.step tells).
+  SIGTERM or Ctrl-C saves a checkpoint after the current step and returns early (state.step
+  tells). stop: the runtime.StopSignal to obey (a launcher's, installed before compiling, names
+  the signal); default: one installed when the loop starts. One run per workdir at a time.
   """
   config = config_lib.validate(config)
+  check_workdir(workdir)
+  with workdir_lock.held(workdir):
+    return _train(config, workdir, stop)
+
+
+def _train(config, workdir, stop):
   t = config.train
   is_main = jax.process_index() == 0
-  check_workdir(workdir)
 
   # --- Mesh -------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config.mesh)
@@ -128,7 +135,7 @@ def train_and_evaluate(config, workdir):
                   unit='step', dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
   pipe = None
-  stop = runtime.StopSignal()
+  stop = stop or runtime.StopSignal()
   window = None   # metrics summed on the device since the last log; read only at log steps
   try:
     for step in range(start, t.num_steps):
@@ -167,7 +174,8 @@ def train_and_evaluate(config, workdir):
       if saving or stopping:
         checkpoint.save(mngr, state, config)
       if stopping:
-        log.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped', done, workdir)
+        log.warning('%s: saved a checkpoint at step %d in %s and stopped', stop.received, done,
+                    workdir)
         break
       if config.sample.per_class and (
           (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):

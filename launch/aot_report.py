@@ -16,13 +16,14 @@ compiler's schedule, which keeps bfloat16 convolutions in float32 and fuses diff
 treat temporaries as an upper bound for TPU/GPU. Peak-FLOP times are lower bounds.
 """
 import collections
+import math
 import re
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from cfg_jax import cli, runtime
+from cfg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).')
 _DEVICES = flags.DEFINE_integer('devices', 8, 'Devices to simulate (the whole pod or slice).')
@@ -97,9 +98,14 @@ def _collectives_line(compiled):
 
 def main(argv):
   del argv
+  cli.require(_DEVICES.value >= 1, f'--devices must be >= 1, got {_DEVICES.value}')
+  cli.require(_PEAK.value > 0 and math.isfinite(_PEAK.value),
+              f'--peak_tflops must be a finite number > 0, got {_PEAK.value}')
+  cli.require(_SAMPLE_BATCH.value is None or _SAMPLE_BATCH.value >= 1,
+              f'--sample_batch must be >= 1, got {_SAMPLE_BATCH.value}')
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_platforms', 'cpu')   # simulated devices, even on an accelerator host
-  runtime.setup(cpu_devices=_DEVICES.value, distributed=False)
+  cli.setup_runtime(cpu_devices=_DEVICES.value, single_process=True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cfg_jax import config_lib, inference, sampling, sharding, train  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
@@ -173,4 +179,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'nothing was compiled to the end')

@@ -12,7 +12,7 @@ each curve), which it also prints. Paper §8: a worse p_uncond shows as a curve 
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from cfg_jax import cli, metrics
@@ -104,8 +104,10 @@ def report(runs, results, num_levels):
 def main(argv):
   del argv
   folders = _EVALS.value
-  if len(folders) < 2:
-    cli.fail('--evals needs at least two folders to compare')
+  cli.require(len(folders) >= 2, '--evals needs at least two folders to compare')
+  cli.require(_LEVELS.value >= 1, f'--levels must be >= 1, got {_LEVELS.value}')
+  cli.setup_runtime(single_process=True)
+  cli.check_writable(os.path.dirname(os.path.abspath(_OUT.value)), '--out')
   results = [_load(folder) for folder in folders]
   _check_comparable(results, folders)
   runs = dict(zip(_labels(results), (r['rows'] for r in results)))
@@ -120,4 +122,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'nothing was written')

@@ -12,12 +12,14 @@ minutes) against the real test split, and writes to OUT:
   tradeoff.png   FD-clf against score and class agreement, precision against recall, per w;
   grid.png       --grid_per_class samples per class at each w;
   samples_w*.npz the samples, so a rerun of an interrupted sweep skips finished w values.
+OUT is checked to be writable before anything is computed. Runs in one process (one host).
 """
+import math
 import os
 
-from absl import app, flags
+from absl import flags
 
-from cfg_jax import cli, runtime
+from cfg_jax import cli
 
 DEFAULT_GUIDANCE = ['0', '0.1', '0.2', '0.3', '0.5', '1', '2', '4']
 
@@ -40,47 +42,75 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def _check_flags():
-  try:
-    ws = [float(w) for w in _GUIDANCE.value]
-  except ValueError:
-    cli.fail(f'--guidance must be numbers separated by commas, got {",".join(_GUIDANCE.value)!r}')
-  if not ws or len(set(ws)) != len(ws):
-    cli.fail(f'--guidance must list distinct values, got {",".join(_GUIDANCE.value)!r}')
-  if _NUM.value < 20:
-    cli.fail(f'--num_samples must be >= 20 (10 score splits, k-NN with k = 3), got {_NUM.value}')
-  if _STEPS.value is not None and _STEPS.value < 2:
-    cli.fail('--steps must be >= 2')
-  if _BATCH.value < 1 or _GRID.value < 0:
-    cli.fail('--batch_size must be >= 1 and --grid_per_class >= 0')
-  if not os.path.isdir(_WORKDIR.value):
-    cli.fail(f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
+  ws = cli.guidance_values(_GUIDANCE.value)
+  cli.require(_NUM.value >= 20, f'--num_samples must be >= 20 (10 score splits, k-NN with '
+                                f'k = 3), got {_NUM.value}')
+  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
+  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
+  cli.require(_GRID.value >= 0, f'--grid_per_class must be >= 0, got {_GRID.value}')
+  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
+  cli.require(_V.value is None or 0.0 <= _V.value <= 1.0,
+              f'--variance_v must lie in [0, 1], got {_V.value}')
+  cli.require(_STEP.value is None or _STEP.value >= 0, f'--step must be >= 0, got {_STEP.value}')
+  cli.require(_CLASSIFIER_STEPS.value >= 1,
+              f'--classifier_steps must be >= 1, got {_CLASSIFIER_STEPS.value}')
+  cli.require(os.path.isdir(_WORKDIR.value),
+              f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
   return ws
 
 
 def main(argv):
   del argv
   ws = _check_flags()
+  cli.setup_runtime(single_process=True)
   cli.quiet_logging()
-  runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, classifier, data, metrics, sampling  # pylint: disable=g-import-not-at-top
-  from cfg_jax import visualize  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, sampling, workdir_lock  # pylint: disable=g-import-not-at-top
 
   if _SAMPLER.value is not None and _SAMPLER.value not in sampling.METHODS:
     cli.fail(f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
+  out = _OUT.value or os.path.join(_WORKDIR.value, 'eval')
+  cli.check_writable(out, '--out')
+  if _CLASSIFIER.value:
+    cli.check_writable(_CLASSIFIER.value, '--classifier_dir')
   try:
     pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
-    ckpt_step = _STEP.value or checkpoint.manager(_WORKDIR.value, read_only=True).latest_step()
+    ckpt_step = (_STEP.value if _STEP.value is not None
+                 else checkpoint.manager(_WORKDIR.value, read_only=True).latest_step())
   except (checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
+  _check_size(pipe, ws)
+  os.makedirs(out, exist_ok=True)
+  try:
+    with workdir_lock.held(out):   # one sweep per folder: they share samples_w*.npz
+      _evaluate(pipe, ws, ckpt_step, out)
+  except workdir_lock.WorkdirBusyError as e:
+    cli.fail(str(e))
+
+
+def _check_size(pipe, ws):
+  """Says the work up front, and refuses a sweep whose samples for one w (held in memory, as
+  float32 and uint8, to be scored together) would not fit in half of this machine's memory."""
+  steps = _STEPS.value or pipe.config.sample.steps
+  rows = sum(_NUM.value * steps * (1 if w == 0 else 2) for w in ws)
+  need = _NUM.value * math.prod(pipe.shape) * 5
+  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  print(f'{_NUM.value:,} samples at each of {len(ws)} w, {steps} steps: {rows:,} network rows; '
+        f'{need / 2**20:,.0f} MiB of samples in memory per w')
+  cli.require(need < memory / 2, f'--num_samples={_NUM.value} holds {need / 2**30:.1f} GiB of '
+              f'samples per w in memory, this machine has {memory / 2**30:.1f} GiB; lower '
+              f'--num_samples')
+
+
+def _evaluate(pipe, ws, ckpt_step, out):
+  """The sweep of `pipe` at each w into `out`, with the reference and the real-data floor."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cfg_jax import classifier, data, metrics, visualize  # pylint: disable=g-import-not-at-top
   config, k = pipe.config, pipe.num_classes
   s = config.sample
   steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
   v = s.v if _V.value is None else _V.value
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'eval')
-  os.makedirs(out, exist_ok=True)
 
   # --- Extractor and the real reference (test split) --------------------------------------------
   clf_dir = _CLASSIFIER.value or classifier.default_dir(config.data.name)
@@ -150,4 +180,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'the values of w finished so far are kept in --out; rerun the same command to '
+                'go on from there')

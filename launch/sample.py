@@ -1,84 +1,173 @@
 """Draws a guidance sweep from a trained workdir with its EMA parameters (Algorithm 2).
 
   python launch/sample.py --workdir=workdirs/fmnist --guidance=0,0.3,1,4 --per_class=8 \
-      --steps=64 --sampler=ancestral --out=workdirs/fmnist/samples
+      --steps=64 --sampler=ancestral --out=workdirs/fmnist/samples [--step=2000]
+  python launch/sample.py --workdir=workdirs/fmnist --guidance=2 --interval_sigma=0.28,1.61
 
-Without --guidance or --per_class the grid follows the run's config (config.sample.guidance and
-per_class), so the tiny config's grid is as small as its model.
+Without --guidance: the w a sweep chose for the checkpoint (launch/evaluate.py --choose), else
+the config's sample.guidance; without --per_class the config's sample.per_class (the tiny
+config's grid is as small as its model). Guidance variants and the time grid: --guidance_rule,
+--interval, --rescale, --threshold, --apg_*, --w_schedule, --grid (README, "Guidance variants").
 
-Writes OUT/grid.png (rows = classes, column blocks = w) and OUT/samples.npz (images in [−1, 1],
-labels, w). The whole sweep (every w, every class) runs as batched calls of one compiled sampler.
+Writes OUT/grid.png (rows = classes, column blocks = w; at most 16 samples per class and w)
+and OUT/samples.npz (images in [−1, 1], labels, w). The whole sweep (every w, every class) runs
+as batched calls of one compiled sampler; the images go to disk call by call, so a request
+larger than memory only needs the disk space, which is checked (with the size and the work)
+before the first call. OUT is checked to be writable before anything is computed.
 """
+import math
 import os
+import shutil
+import zipfile
 
-from absl import app, flags
+from absl import flags
 
-from cfg_jax import cli, runtime
+from cfg_jax import cli, sampling_flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir (its latest checkpoint).')
-_GUIDANCE = flags.DEFINE_list('guidance', None,
-                              "Values of w (paper convention; default: the config's sample.guidance).")
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to sample (default: the latest).')
+_GUIDANCE = flags.DEFINE_list('guidance', None, 'Values of w (paper convention; default: the w '
+                              "chosen for this checkpoint by a sweep, else the config's "
+                              'sample.guidance).')
 _PER_CLASS = flags.DEFINE_integer('per_class', None,
                                   "Samples per class and w (default: the config's sample.per_class).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
 _SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
-_V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v (default: config).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed.')
+_V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v in [0, 1] '
+                        '(default: config).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (>= 0).')
 _CLASSES = flags.DEFINE_list('classes', None, 'Class indices (default: all).')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/samples).')
 flags.mark_flags_as_required(['workdir'])
 
+GRID_PER_CLASS = 16   # samples per class and w shown in grid.png
+
+
+class _NpzStream:
+  """samples.npz written array by array, the images chunk by chunk (np.load reads it as usual);
+  it takes its name only when complete."""
+
+  def __init__(self, path, shape):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    self._path, self._tmp = path, path + '.partial'
+    self._zip = zipfile.ZipFile(self._tmp, 'w', zipfile.ZIP_DEFLATED, allowZip64=True)
+    self._images = self._zip.open('images.npy', 'w', force_zip64=True)
+    np.lib.format.write_array_header_2_0(
+        self._images, {'descr': '<f4', 'fortran_order': False, 'shape': shape})
+
+  def write(self, images):
+    self._images.write(images.astype('<f4', copy=False).tobytes())
+
+  def close(self, **arrays):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    self._images.close()
+    for name, array in arrays.items():
+      with self._zip.open(f'{name}.npy', 'w', force_zip64=True) as f:
+        np.lib.format.write_array(f, np.asarray(array))
+    self._zip.close()
+    os.replace(self._tmp, self._path)
+
+  def abort(self):
+    self._images.close()
+    self._zip.close()
+    os.remove(self._tmp)
+
+
+def _check_flags():
+  ws = cli.guidance_values(_GUIDANCE.value) if _GUIDANCE.value is not None else None
+  cli.require(_PER_CLASS.value is None or _PER_CLASS.value >= 1,
+              f'--per_class must be >= 1, got {_PER_CLASS.value}')
+  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
+  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
+  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
+  cli.require(_V.value is None or 0.0 <= _V.value <= 1.0,
+              f'--variance_v must lie in [0, 1], got {_V.value}')
+  cli.require(_STEP.value is None or _STEP.value >= 0, f'--step must be >= 0, got {_STEP.value}')
+  try:
+    classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
+  except ValueError:
+    cli.fail(f'--classes must be integers, got {",".join(_CLASSES.value)!r}')
+  try:
+    settings = sampling_flags.overrides()
+  except sampling_flags.GuidanceFlagError as e:
+    cli.fail(str(e))
+  cli.require(os.path.isdir(_WORKDIR.value),
+              f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
+  return ws, classes, settings
+
 
 def main(argv):
   del argv
-  try:
-    ws = [float(w) for w in _GUIDANCE.value] if _GUIDANCE.value else None
-  except ValueError:
-    cli.fail(f'--guidance must be numbers separated by commas, got {",".join(_GUIDANCE.value)!r}')
-  runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
+  ws, classes, settings = _check_flags()
+  cli.setup_runtime()
   cli.quiet_logging()
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
   import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, visualize  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, sampling, visualize  # pylint: disable=g-import-not-at-top
 
+  cli.require(_SAMPLER.value is None or _SAMPLER.value in sampling.METHODS,
+              f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
+  out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
+  existing = cli.check_writable(out, '--out') if cli.is_main_process() else None
   try:
-    pipe = cfg_jax.load(_WORKDIR.value)
+    pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
   except checkpoint.CheckpointError as e:
     cli.fail(str(e))
   k = pipe.num_classes
-  try:
-    classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else list(range(k))
-  except ValueError:
-    cli.fail(f'--classes must be integers, got {",".join(_CLASSES.value)!r}')
-  if any(not 0 <= c < k for c in classes):
-    cli.fail(f'--classes must lie in [0, {k}), got {classes}')
-  if (_PER_CLASS.value is not None and _PER_CLASS.value < 1) or (
-      _STEPS.value is not None and _STEPS.value < 2):
-    cli.fail('--per_class must be >= 1 and --steps >= 2')
+  classes = list(range(k)) if classes is None else classes
+  cli.require(all(0 <= c < k for c in classes), f'--classes must lie in [0, {k}), got {classes}')
 
-  # One flat batch over (w, class, repeat): every w in the same compiled calls.
-  ws = list(pipe.config.sample.guidance) if ws is None else ws
-  n = _PER_CLASS.value or max(pipe.config.sample.per_class, 1)
+  # One flat batch over (w, class, repeat): every w in the same compiled calls. Without --guidance:
+  # the w a sweep chose for this checkpoint (with its settings), else the config's grid of w.
+  s, n = pipe.config.sample, _PER_CLASS.value or max(pipe.config.sample.per_class, 1)
+  if ws is None and pipe.tuned:
+    ws, settings = [pipe.tuned['w']], {**pipe.tuned.get('settings', {}), **settings}
+    print(f'w = {ws[0]:g} (chosen for this checkpoint by a sweep: {_WORKDIR.value}/guidance.json)')
+  ws = list(s.guidance) if ws is None else ws
+  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
+  total = len(ws) * len(classes) * n
+  size = total * (math.prod(pipe.shape) * 4 + 8)
+  print(f'{total:,} samples ({len(ws)} w x {len(classes)} classes x {n}), {steps} {method} steps '
+        f'each: {2 * total * steps:,} network rows; samples.npz up to {size / 2**20:,.0f} MiB')
+  if cli.is_main_process():
+    free = shutil.disk_usage(existing).free
+    cli.require(size < 0.9 * free, f'{total:,} samples need up to {size / 2**30:.1f} GiB in {out}, '
+                f'which has {free / 2**30:.1f} GiB free; lower --per_class or choose another --out')
   w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
   labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
+  if cli.is_main_process():
+    os.makedirs(out, exist_ok=True)
+  writer = _NpzStream(os.path.join(out, 'samples.npz'), (total,) + pipe.shape) \
+      if cli.is_main_process() else None
+  shown = min(n, GRID_PER_CLASS)
+  grid = []   # the first `shown` repeats of every (w, class)
+  chunk = max(_BATCH.value, pipe.mesh.size)
   try:
-    x = pipe.sample(labels, w, steps=_STEPS.value, method=_SAMPLER.value, v=_V.value,
-                    seed=_SEED.value, batch_size=_BATCH.value, progress=True)
-  except ValueError as e:
-    cli.fail(str(e))
-
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
-  os.makedirs(out, exist_ok=True)
-  np.savez_compressed(os.path.join(out, 'samples.npz'), images=x, labels=labels, w=w)
+    for start in tqdm.trange(0, total, chunk, desc='sample', unit='call'):
+      stop = min(start + chunk, total)
+      x = pipe.sample(labels[start:stop], w[start:stop], steps=steps, method=method, v=_V.value,
+                      seed=_SEED.value, batch_size=chunk, first_index=start, **settings)
+      if writer:
+        writer.write(x)
+      grid.append(x[np.arange(start, stop) % n < shown])
+  except BaseException as e:
+    if writer:
+      writer.abort()
+    if isinstance(e, ValueError):
+      cli.fail(str(e))
+    raise
+  if not writer:
+    return
+  writer.close(labels=labels, w=w)
   names = visualize.class_names(pipe.config)
-  s = pipe.config.sample
-  title = (f'{_SAMPLER.value or s.method}, {_STEPS.value or s.steps} steps, seed {_SEED.value}; '
-           'ε̃ = (1+w)·ε(z,c) − w·ε(z,∅)')
-  visualize.guidance_grid(x.reshape((len(ws), len(classes), n) + x.shape[1:]), ws,
-                          [names[c] for c in classes], os.path.join(out, 'grid.png'), title)
-  print(f'wrote {out}/grid.png and {out}/samples.npz ({len(x)} samples)')
+  title = f'{method}, {steps} steps, seed {_SEED.value}; ε̃ = (1+w)·ε(z,c) − w·ε(z,∅)'
+  grid = np.concatenate(grid).reshape((len(ws), len(classes), shown) + pipe.shape)
+  visualize.guidance_grid(grid, ws, [names[c] for c in classes], os.path.join(out, 'grid.png'),
+                          title)
+  print(f'wrote {out}/grid.png and {out}/samples.npz ({total} samples)')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'nothing was written; rerun to sample again')

@@ -8,13 +8,16 @@ Multi-host: the same command on every host, with --distributed (or CFG_JAX_DISTR
 automatic on SLURM and TPU pods), or --coordinator_address=host:port --num_processes=N
 --process_id=i where JAX cannot detect the cluster. See docs/SCALING.md.
 
+One run per workdir: a second one is refused while the first lives (a killed one does not count).
+
 Exit status: 0 done; 2 a mistake or failure explained in one line (bad config, missing data,
-incompatible or corrupt checkpoint, unwritable workdir, non-finite loss); 75 stopped by
-SIGTERM after saving a checkpoint (rerun to resume).
+incompatible or corrupt checkpoint, unwritable or busy workdir, non-finite loss); 75 stopped
+by SIGTERM or Ctrl-C after saving a checkpoint (rerun to resume); 130 a second Ctrl-C, which
+stops at once without saving.
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cfg_jax import cli
@@ -29,20 +32,22 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly before the end; the same comma
 def main(argv):
   del argv
   cli.setup_runtime()
-  from cfg_jax import train  # pylint: disable=g-import-not-at-top
+  from cfg_jax import runtime, train  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
   config = _CONFIG.value
+  stop = runtime.StopSignal()   # from now on, not only once the loop runs
   try:
-    state = train.train_and_evaluate(config, _WORKDIR.value)
+    state = train.train_and_evaluate(config, _WORKDIR.value, stop)
   except train.USER_ERRORS as e:
     cli.fail(str(e))
   step = int(state.step)
   if step < config.train.num_steps:
-    sys.stderr.write(f'stopped by SIGTERM at step {step} of {config.train.num_steps}; the '
+    sys.stderr.write(f'stopped by {stop.received} at step {step} of {config.train.num_steps}; the '
                      f'checkpoint is saved in {_WORKDIR.value}. Rerun the same command to '
                      f'resume.\n')
     sys.exit(EXIT_STOPPED)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, 'stopped at once without saving; rerun the same command to resume from the '
+               'last checkpoint')

@@ -5,12 +5,13 @@
 
 A small CNN (cfg_jax.classifier.Classifier), trained on the config's train split, saved as an
 orbax checkpoint with its test accuracy, plus the cached features of the test split.
-launch/evaluate.py runs this itself when the classifier is missing.
+launch/evaluate.py runs this itself when the classifier is missing. OUT is checked to be
+writable before training starts. Runs in one process (one host).
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from cfg_jax import cli, runtime
+from cfg_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Diffusion config whose data set to use (default: Fashion-MNIST).')
@@ -24,15 +25,17 @@ _FORCE = flags.DEFINE_bool('force', False, 'Retrain even if OUT already holds a 
 
 def main(argv):
   del argv
-  if _STEPS.value < 1 or _BATCH.value < 1:
-    cli.fail('--steps and --batch_size must be >= 1')
+  cli.require(_STEPS.value >= 1, f'--steps must be >= 1, got {_STEPS.value}')
+  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
+  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
+  cli.setup_runtime(single_process=True)
   cli.quiet_logging()
-  runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
   import shutil  # pylint: disable=g-import-not-at-top
   from cfg_jax import classifier, config_lib, data  # pylint: disable=g-import-not-at-top
 
   data_config = (_CONFIG.value or config_lib.base_config()).data
   out = _OUT.value or classifier.default_dir(data_config.name)
+  cli.check_writable(out, '--out')
   if classifier.exists(out) and not _FORCE.value:
     extractor = classifier.load_extractor(out)
     print(f'{out} already holds {extractor.name}; pass --force to retrain')
@@ -42,7 +45,7 @@ def main(argv):
   try:
     extractor = classifier.train_classifier(out, data_config, steps=_STEPS.value,
                                             batch_size=_BATCH.value, seed=_SEED.value)
-  except (data.DataError, ValueError) as e:
+  except (data.DataError, ValueError) as e:   # ValueError: also config_lib.ConfigError
     cli.fail(str(e))
   m = extractor.meta
   print(f'wrote {out}: test accuracy {100 * m["test_accuracy"]:.2f}% after {m["steps"]} steps '
@@ -50,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'the classifier was not saved; rerun to train it')

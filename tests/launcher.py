@@ -1,4 +1,4 @@
-"""Runs launch/train.py in a subprocess as a user would, and fingerprints what it leaves behind."""
+"""Runs the launchers in subprocesses as a user would, and fingerprints what they leave behind."""
 import hashlib
 import os
 import subprocess
@@ -19,6 +19,12 @@ def command(workdir, *flags, devices=8, config=TINY):
 def run(workdir, *flags, timeout=300, **kw):
   return subprocess.run(command(workdir, *flags, **kw), capture_output=True, text=True,
                         timeout=timeout, cwd=ROOT)
+
+
+def run_tool(name, *flags, timeout=300):
+  """Any launcher, e.g. run_tool('sample.py', '--workdir=...')."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'launch', name), *flags],
+                        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def start(workdir, *flags, log_path, **kw):

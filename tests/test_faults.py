@@ -1,9 +1,11 @@
-"""Preemption and crashes: SIGTERM saves and exits, SIGKILL loses only uncommitted steps, resume is
-bit-identical, half-written checkpoints are ignored, non-finite losses never reach a checkpoint."""
+"""Preemption and crashes: SIGTERM and Ctrl-C save and exit, SIGKILL loses only uncommitted steps,
+resume is bit-identical, a second trainer in a live workdir is refused (a killed one's lock is
+not), half-written checkpoints are ignored, non-finite losses never reach a checkpoint."""
 import os
 import re
 import shutil
 import signal
+import socket
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import launcher
-from cfg_jax import checkpoint, data, train
+from cfg_jax import checkpoint, data, train, workdir_lock
 from conftest import tiny_config
 
 FINAL = 12   # steps of the interrupted and the uninterrupted run
@@ -28,7 +30,14 @@ def _log_has(path, pattern):
     return re.search(pattern, f.read()) is not None
 
 
-def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_path):
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """FINAL steps without interruption: what every interrupted and resumed run must end with."""
+  config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
+  return train.train_and_evaluate(config, str(tmp_path_factory.mktemp('straight') / 'run'))
+
+
+def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_path, straight):
   workdir, log = str(tmp_path / 'run'), str(tmp_path / 'log.txt')
   flags = (f'--config.train.num_steps={FINAL}', '--config.train.log_every=1')
 
@@ -58,9 +67,49 @@ def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_
   # run ends, bit for bit (same mesh, same (seed, step) randomness, same data positions).
   config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
   resumed = train.train_and_evaluate(config, workdir)
-  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   _assert_same_state(resumed, straight)
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+
+
+def test_ctrl_c_saves_and_the_rerun_resumes_exactly(tmp_path, straight):
+  workdir, log = str(tmp_path / 'run'), str(tmp_path / 'log.txt')
+  proc = launcher.start(workdir, f'--config.train.num_steps={FINAL}', '--config.train.log_every=1',
+                        '--config.train.checkpoint_every=1000', log_path=log)
+  launcher.wait_until(lambda: _log_has(log, r'step 2:'), proc, what='step 2')
+  proc.send_signal(signal.SIGINT)
+  assert proc.wait(timeout=120) == 75
+  with open(log) as f:
+    out = f.read()
+  stopped = int(re.search(r'stopped by SIGINT at step (\d+) of 12; the checkpoint is saved in '
+                          r'\S+\. Rerun the same command to resume\.', out).group(1))
+  assert 'Traceback' not in out and 'KeyboardInterrupt' not in out
+  assert 2 <= stopped < FINAL and launcher.committed_steps(workdir) == [stopped]
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))   # released on exit
+
+  config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
+  _assert_same_state(train.train_and_evaluate(config, workdir), straight)
+
+
+def test_second_trainer_is_refused_and_a_killed_trainers_lock_is_not(tmp_path):
+  workdir, log = str(tmp_path / 'run'), str(tmp_path / 'log.txt')
+  first = launcher.start(workdir, '--config.train.num_steps=100000', '--config.train.log_every=1',
+                         '--config.train.checkpoint_every=1000', log_path=log)
+  launcher.wait_until(lambda: _log_has(log, r'step 1:'), first, what='step 1')
+
+  second = launcher.run(workdir, '--config.train.num_steps=4')
+  errors = [line for line in second.stderr.splitlines() if line.startswith('error:')]
+  assert second.returncode == 2 and len(errors) == 1, second.stderr[-3000:]
+  assert (f'{workdir} is in use by another run (pid {first.pid} on host {socket.gethostname()}'
+          in errors[0]) and f'kill -INT {first.pid}' in errors[0]
+  assert 'Traceback' not in second.stderr
+  assert first.poll() is None                      # the first one trains on, undisturbed
+
+  first.send_signal(signal.SIGKILL)                # no chance to release: the file stays behind
+  assert first.wait(timeout=60) == -signal.SIGKILL
+  lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
+  assert f'"pid": {first.pid}' in open(lock).read()
+  state = train.train_and_evaluate(tiny_config(num_steps=2), workdir)
+  assert int(state.step) == 2 and not os.path.exists(lock)
 
 
 @pytest.fixture(scope='module')

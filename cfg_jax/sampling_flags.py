@@ -1,15 +1,19 @@
-"""Command-line flags for the guidance variants, shared by launch/sample.py and launch/evaluate.py.
+"""Command-line flags for the time grid and the guidance variants, shared by launch/sample.py
+and launch/evaluate.py.
 
 Each flag left unset keeps the checkpoint config's `sample` setting (the paper's rule unless the
 config says otherwise); `overrides()` returns the ones given, checked, as keyword arguments of
-`Pipeline.sample` / `guidance.from_settings`.
+`Pipeline.sample`.
 """
 import math
 
 from absl import flags
 
-from cfg_jax import guidance
+from cfg_jax import guidance, sampling
 
+_GRID = flags.DEFINE_enum('grid', None, sampling.GRIDS, 'Time grid: cosine (paper: uniform u), '
+                          'logsnr (uniform λ), edm (ρ-spacing of σ).')
+_GRID_LOGSNR = flags.DEFINE_list('grid_logsnr', None, 'λ_min,λ_max of the time grid.')
 _RULE = flags.DEFINE_enum('guidance_rule', None, guidance.COMBINE_RULES,
                           'How the two predictions combine: cfg (paper), apg, cfgpp.')
 _INTERVAL = flags.DEFINE_list('interval', None, 'λ_lo,λ_hi: guide only there; elsewhere the '
@@ -45,9 +49,11 @@ def _pair(flag, *, positive=False):
 
 
 def overrides():
-  """The guidance settings given on the command line, checked; raises GuidanceFlagError."""
+  """The grid and guidance settings given on the command line, checked; raises
+  GuidanceFlagError."""
   out = {'rule': _RULE.value, 'schedule': _SCHEDULE.value, 'interval': _pair(_INTERVAL),
-         'interval_sigma': _pair(_INTERVAL_SIGMA, positive=True)}
+         'interval_sigma': _pair(_INTERVAL_SIGMA, positive=True), 'grid': _GRID.value,
+         'logsnr_range': _pair(_GRID_LOGSNR)}
   if out['interval'] and out['interval_sigma']:
     raise GuidanceFlagError('give --interval (λ) or --interval_sigma (σ), not both')
   ranges = {_RESCALE: (0.0, 1.0), _THRESHOLD: (0.0, 1.0), _APG_NORM: (0.0, math.inf),
