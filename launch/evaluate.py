@@ -13,13 +13,19 @@ minutes) against the real test split, and writes to OUT:
   grid.png       --grid_per_class samples per class at each w;
   samples_w*.npz the samples, so a rerun of an interrupted sweep skips finished w values.
 OUT is checked to be writable before anything is computed. Runs in one process (one host).
+
+Guidance variants and the time grid take the flags of launch/sample.py (--guidance_rule,
+--interval, --rescale, --threshold, --apg_*, --w_schedule, --grid, --grid_logsnr). --choose
+writes the w with the lowest FD-clf (or, with --max_fd, the highest class agreement within that
+FD-clf) and the settings used to WORKDIR/guidance.json, which cfg_jax.load and
+launch/sample.py then use when no w is given.
 """
 import math
 import os
 
 from absl import flags
 
-from cfg_jax import cli
+from cfg_jax import cli, sampling_flags
 
 DEFAULT_GUIDANCE = ['0', '0.1', '0.2', '0.3', '0.5', '1', '2', '4']
 
@@ -38,6 +44,9 @@ _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier 
 _CLASSIFIER_STEPS = flags.DEFINE_integer('classifier_steps', 2400,
                                          'Training steps if the classifier must be trained.')
 _GRID = flags.DEFINE_integer('grid_per_class', 6, 'Samples per class and w in grid.png (0: none).')
+_CHOOSE = flags.DEFINE_bool('choose', False, 'Write the chosen w to WORKDIR/guidance.json.')
+_MAX_FD = flags.DEFINE_float('max_fd', None, 'With --choose: the highest class agreement with '
+                             'FD-clf <= this, instead of the lowest FD-clf.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -56,12 +65,20 @@ def _check_flags():
               f'--classifier_steps must be >= 1, got {_CLASSIFIER_STEPS.value}')
   cli.require(os.path.isdir(_WORKDIR.value),
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
-  return ws
+  cli.require(_MAX_FD.value is None or (math.isfinite(_MAX_FD.value) and _MAX_FD.value > 0),
+              f'--max_fd must be a finite number > 0, got {_MAX_FD.value}')
+  cli.require(_MAX_FD.value is None or _CHOOSE.value, '--max_fd goes with --choose')
+  if _CHOOSE.value:
+    cli.check_writable(_WORKDIR.value, '--workdir')
+  try:
+    return ws, sampling_flags.overrides()
+  except sampling_flags.GuidanceFlagError as e:
+    cli.fail(str(e))
 
 
 def main(argv):
   del argv
-  ws = _check_flags()
+  ws, sample_settings = _check_flags()
   cli.setup_runtime(single_process=True)
   cli.quiet_logging()
   import cfg_jax  # pylint: disable=g-import-not-at-top
@@ -83,7 +100,7 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   try:
     with workdir_lock.held(out):   # one sweep per folder: they share samples_w*.npz
-      _evaluate(pipe, ws, ckpt_step, out)
+      _evaluate(pipe, ws, ckpt_step, out, sample_settings)
   except workdir_lock.WorkdirBusyError as e:
     cli.fail(str(e))
 
@@ -102,7 +119,7 @@ def _check_size(pipe, ws):
               f'--num_samples')
 
 
-def _evaluate(pipe, ws, ckpt_step, out):
+def _evaluate(pipe, ws, ckpt_step, out, sample_settings):
   """The sweep of `pipe` at each w into `out`, with the reference and the real-data floor."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -133,7 +150,7 @@ def _evaluate(pipe, ws, ckpt_step, out):
       'workdir': os.path.abspath(_WORKDIR.value), 'checkpoint_step': ckpt_step,
       'p_uncond': config.train.p_uncond, 'guidance': ws, 'num_samples_per_w': _NUM.value,
       'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
-      'clip': s.clip, 'seed': _SEED.value, 'ema': True,
+      'clip': s.clip, 'seed': _SEED.value, 'ema': True, 'sample_settings': sample_settings,
       'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
   }
   header = {'settings': settings, 'extractor': dict(extractor.meta, description=extractor.name),
@@ -150,7 +167,7 @@ def _evaluate(pipe, ws, ckpt_step, out):
   try:
     rows = metrics.sweep(pipe, extractor, reference, ws, _NUM.value, directory=out, steps=steps,
                          method=method, v=v, seed=_SEED.value, batch_size=_BATCH.value, tag=tag,
-                         on_row=write)
+                         settings=sample_settings, on_row=write)
   except ValueError as e:
     cli.fail(str(e))
 
@@ -177,6 +194,18 @@ def _evaluate(pipe, ws, ckpt_step, out):
           f'(paired bootstrap std {d["paired_std"]:.3f})')
   print(f'features: {extractor.name}; reference: {reference.name}; {_NUM.value} samples per w')
   print(f'wrote {out}/metrics.json, metrics.csv, tradeoff.png' + (', grid.png' if _GRID.value else ''))
+  if _CHOOSE.value:
+    from cfg_jax import tuning  # pylint: disable=g-import-not-at-top
+    try:
+      row = tuning.choose(rows, max_fd=_MAX_FD.value)
+    except ValueError as e:
+      cli.fail(str(e))
+    criterion = ('lowest FD-clf' if _MAX_FD.value is None
+                 else f'highest class agreement with FD-clf <= {_MAX_FD.value:g}')
+    path = tuning.save_choice(_WORKDIR.value, row, step=ckpt_step, criterion=criterion,
+                              settings={k: v for k, v in sample_settings.items()})
+    print(f'chose w = {row["w"]:g} ({criterion}: FD-clf {row["fd_clf"]:.3f}, class agreement '
+          f'{row["class_agreement"]:.3f}); wrote {path}')
 
 
 if __name__ == '__main__':
