@@ -56,9 +56,9 @@ def overrides():
          'logsnr_range': _pair(_GRID_LOGSNR)}
   if out['interval'] and out['interval_sigma']:
     raise GuidanceFlagError('give --interval (λ) or --interval_sigma (σ), not both')
-  ranges = {_RESCALE: (0.0, 1.0), _THRESHOLD: (0.0, 1.0), _APG_NORM: (0.0, math.inf),
-            _APG_ETA: (-math.inf, math.inf), _APG_MOMENTUM: (-math.inf, math.inf)}
-  for flag, (lo, hi) in ranges.items():
+  ranges = [(_RESCALE, 0.0, 1.0), (_THRESHOLD, 0.0, 1.0), (_APG_NORM, 0.0, math.inf),
+            (_APG_ETA, -math.inf, math.inf), (_APG_MOMENTUM, -math.inf, math.inf)]
+  for flag, lo, hi in ranges:
     if flag.value is not None:
       if not (math.isfinite(flag.value) and lo <= flag.value <= hi):
         raise GuidanceFlagError(f'--{flag.name}={flag.value} must be a finite number in '

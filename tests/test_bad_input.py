@@ -183,6 +183,12 @@ def _tool_cases(tmp, workdir):
       'sample_too_large': ('sample.py', [w, '--per_class=100000000'],
                            ['4,000,000,000 samples need up to', 'GiB free; lower --per_class']),
       'sample_flag_type': ('sample.py', [w, '--per_class=abc'], ['--per_class', 'abc']),
+      'sample_interval_reversed': ('sample.py', [w, '--interval=3,1'],
+                                   ['--interval=3,1 must be finite with low < high']),
+      'sample_rescale_nan': ('sample.py', [w, '--rescale=nan'],
+                             ['--rescale=nan must be a finite number in [0, 1]']),
+      'sample_unknown_rule': ('sample.py', [w, '--guidance_rule=cfg+'], ['--guidance_rule', 'cfg+']),
+      'evaluate_max_fd_alone': ('evaluate.py', [w, '--max_fd=2'], ['--max_fd goes with --choose']),
       'evaluate_step_0': ('evaluate.py', [w, '--step=0'],
                           ['no checkpoint at step 0 in', 'it holds steps 2']),
       'evaluate_too_large': ('evaluate.py', [w, '--num_samples=10000000000'],
@@ -215,7 +221,9 @@ def tool_outcomes(trained):
 
 @pytest.mark.parametrize('case', [
     'sample_nan_w', 'sample_unwritable_out', 'sample_missing_step', 'sample_too_large',
-    'sample_flag_type', 'evaluate_step_0', 'evaluate_too_large', 'evaluate_unwritable_out', 'evaluate_distributed',
+    'sample_flag_type', 'sample_interval_reversed', 'sample_rescale_nan', 'sample_unknown_rule',
+    'evaluate_step_0', 'evaluate_too_large', 'evaluate_unwritable_out', 'evaluate_distributed',
+    'evaluate_max_fd_alone',
     'classifier_unwritable_out', 'compare_unwritable_out', 'aot_no_devices'])
 def test_other_launchers_check_their_input_before_working(tool_outcomes, case):
   results, before, after = tool_outcomes
