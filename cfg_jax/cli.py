@@ -1,6 +1,8 @@
 """What every command-line entry point shares: runtime flags, quiet logs, one-line errors, reports."""
 import json
 import logging
+import os
+import platform
 import re
 import sys
 
@@ -81,6 +83,20 @@ def parse_flags(argv):
     fail(f'the config file {e.filename} does not parse: line {e.lineno}: {e.msg}')
   except OSError as e:  # ml_collections: the config file cannot be loaded
     fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')
+
+
+def cpu_info():
+  """The host CPU, printed beside every timing: machines of one kind differ (AVX-512 or not)."""
+  model, flags_ = platform.processor() or platform.machine(), set()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      fields = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines() if ':' in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    model, flags_ = fields.get('model name', model), set(fields.get('flags', '').split())
+  except OSError:  # not Linux: the model from `platform`, AVX-512 unknown
+    pass
+  return {'cpu': model, 'avx512f': 'avx512f' in flags_ if flags_ else None,
+          'cores': os.cpu_count()}
 
 
 def print_result(result, as_json):
