@@ -7,7 +7,9 @@ FLOPs come from XLA's cost analysis of the compiled step (whole global batch, al
 --torch also builds the same U-Net in PyTorch (benchmarks/torch_unet.py, equal parameter count)
 and times both in this process, alternately, on the same batch: the train step and one sampler
 forward on 2B rows, each reported as JAX ÷ PyTorch (below 1: JAX is faster). PyTorch runs on as
-many threads as there are cores; JAX on the CPU devices it gets by default (one per core).
+many threads as there are cores and JAX on one CPU device per core, unless --torch_threads and
+--cpu_devices say otherwise. On a loaded machine PyTorch's OpenMP threads wait for each other:
+compare on one core there (`taskset -c 0 ... --cpu_devices=1 --torch_threads=1`).
 """
 import os
 import statistics
@@ -23,6 +25,8 @@ _BATCH = flags.DEFINE_integer('batch', None, 'Global batch (default: the config\
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (after one warm-up step).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of text.')
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time the same U-Net in PyTorch; report JAX ÷ torch.')
+_TORCH_THREADS = flags.DEFINE_integer('torch_threads', None,
+                                     'PyTorch intra-op threads (default: one per core).')
 _CHANNELS_LAST = flags.DEFINE_bool('torch_channels_last', True,
                                    'PyTorch activations channels-last (else NCHW).')
 flags.mark_flags_as_required(['config'])
@@ -52,7 +56,7 @@ def _versus_torch(config, model, compiled, state, batch, mesh, images, labels):
     cli.fail('--torch needs PyTorch: pip install -e .[bench]')
   from cfg_jax import sharding  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(_TORCH_THREADS.value or os.cpu_count())
   trainer = torch_unet.Trainer(config, channels_last=_CHANNELS_LAST.value)
   jax_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
   assert trainer.num_params() == jax_params, (trainer.num_params(), jax_params)
