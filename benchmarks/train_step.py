@@ -3,7 +3,8 @@
   python benchmarks/train_step.py --config=configs/fashion_mnist.py [--batch=64] [--json]
   python benchmarks/train_step.py --config=configs/fashion_mnist.py --torch   # needs .[bench]
 
-FLOPs come from XLA's cost analysis of the compiled step (whole global batch, all devices).
+FLOPs come from XLA's cost analysis of the compiled step: that counts one device's program (its
+slice of the batch), so it is scaled by the device count to the whole global batch.
 --torch also builds the same U-Net in PyTorch (benchmarks/torch_unet.py, equal parameter count)
 and times both in this process, alternately, on the same batch: the train step and one sampler
 forward on 2B rows, each reported as JAX ÷ PyTorch (below 1: JAX is faster). PyTorch runs on as
@@ -110,7 +111,7 @@ def main(argv):
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan')))
+  flops = float(cost.get('flops', float('nan'))) * mesh.size
 
   state, m = compiled(state, batch)
   jax.block_until_ready(m)
