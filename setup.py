@@ -35,6 +35,10 @@ setuptools.setup(
         'cuda': ['jax[cuda12]>=0.10,<0.11'],
         'tpu': ['jax[tpu]>=0.10,<0.11'],
         'test': ['pytest>=8,<10', 'pytest-xdist>=3.6,<4', 'nbmake>=1.5,<2'],
+        # benchmarks/train_step.py --torch only. Pinned so that pip takes the CPU wheel 2.13.0+cpu
+        # where one is on hand (find-links, or --index-url https://download.pytorch.org/whl/cpu);
+        # an open range lets pip fetch a newer multi-GB CUDA build from PyPI instead.
+        'bench': ['torch==2.13.0'],
         'notebook': ['jupyter>=1.0', 'ipykernel>=6.29', 'nbclient>=0.10', 'nbformat>=5.10'],
     },
 )
