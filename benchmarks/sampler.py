@@ -5,7 +5,9 @@
 Per-step times are differences between runs of `--steps_hi` and `--steps_lo` steps, so fixed
 costs (transfer, final x̃) cancel. Random parameters: speed does not depend on training.
 Also counts compilations during a 10-value w sweep and collective ops in the program compiled
-for an 8-device mesh (both must be 0).
+for an 8-device mesh (both must be 0), and times whole `--steps_hi`-step runs with a guidance
+interval covering a fraction f of the steps: the network then runs 2B rows only inside it, so
+guided ÷ unguided time per sample should be about 1 + f.
 """
 import statistics
 import time
@@ -46,7 +48,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cfg_jax import inference, model as model_lib, sharding  # pylint: disable=g-import-not-at-top
+  from cfg_jax import guidance, inference, model as model_lib, sampling, sharding  # pylint: disable=g-import-not-at-top
 
   config, b = _CONFIG.value, _BATCH.value
   model = model_lib.from_config(config)
@@ -58,12 +60,18 @@ def main(argv):
   batch = sharding.batch_sharding(pipe.mesh)
   labels = np.arange(b, dtype=np.int32) % pipe.num_classes
   put = lambda a: jax.device_put(a, batch)
-  args = lambda w: (pipe.params, put(labels), put(w), put(np.arange(b)), jax.random.key(0))
-  method = config.sample.method
+  method, s = config.sample.method, config.sample
+  grid_args = ((np.float32(s.logsnr_min), np.float32(s.logsnr_max)), np.float32(s.rho))
 
-  def run(steps, guided, w=np.ones(b, np.float32)):
-    return lambda: pipe._sample_batch(*args(w), steps, config.sample.v, method=method,
-                                      clip=config.sample.clip, guided=guided)
+  def call(p, guide, steps, labels=labels, key=jax.random.key(0), sharded=put):
+    return p.sample_batch(p.params, sharded(labels), guide, sharded(np.arange(len(labels))), key,
+                          steps, s.v, *grid_args, method=method, clip=s.clip, grid=s.grid)
+
+  def plain(w):
+    return guidance.Guidance(w=put(np.asarray(w, np.float32)))
+
+  def run(steps, guided, w=np.ones(b, np.float32), guide=None):
+    return lambda: call(pipe, guide or (plain(w) if guided else None), steps)
 
   # --- Compile time, per-step times ---------------------------------------------------------
   t0 = time.perf_counter()
@@ -85,21 +93,34 @@ def main(argv):
   listener = lambda name, *a, **k: compiles.append(name) if name.endswith('backend_compile_duration') else None
   jax.monitoring.register_event_duration_secs_listener(listener)
   for i, w in enumerate(np.linspace(0, 4, 10)):
-    jax.block_until_ready(pipe._sample_batch(
-        pipe.params, put((labels + i) % pipe.num_classes), put(np.full(b, w, np.float32)),
-        put(np.arange(b)), jax.random.key(i), _STEPS_LO.value, config.sample.v, method=method,
-        clip=config.sample.clip, guided=True))
+    jax.block_until_ready(call(pipe, plain(np.full(b, w)), _STEPS_LO.value,
+                               labels=(labels + i) % pipe.num_classes, key=jax.random.key(i)))
   jax.monitoring.unregister_event_duration_listener(listener)
+
+  # --- Guidance interval: whole runs, guided on a fraction f of the steps ----------------------
+  n = _STEPS_HI.value
+  lam = np.asarray(sampling.logsnr_grid(np.arange(n), n, grid=s.grid, logsnr_min=s.logsnr_min,
+                                        logsnr_max=s.logsnr_max, rho=s.rho))
+  whole = {'unguided': _median_time(run(n, False)), 'f=1 (plain rule)': _median_time(run(n, True))}
+  for f in (0.25, 0.5, 1.0):
+    k = max(1, round(f * n))
+    lo = (n - k) // 2                       # the middle k steps of the grid
+    interval = (put(np.full(b, lam[lo] - 1e-3, np.float32)),
+                put(np.full(b, lam[lo + k - 1] + 1e-3, np.float32)))
+    guide = guidance.Guidance(w=put(np.ones(b, np.float32)), interval=interval)
+    whole[f'interval f={k / n:.2f}'] = _median_time(run(n, True, guide=guide))
+  interval_ratios = {f'{name} / unguided': round(t / whole['unguided'], 3)
+                     for name, t in whole.items() if name != 'unguided'}
 
   # --- Collectives in the guided program on an 8-device mesh ----------------------------------
   mesh8 = sharding.make_mesh({'data': -1}, jax.devices()[:8])
   pipe8 = inference.Pipeline(config, params, mesh8, model=model)
   b8 = -(-b // 8) * 8
   put8 = lambda a: jax.device_put(a, sharding.batch_sharding(mesh8))
-  hlo = pipe8._sample_batch.lower(
+  hlo = pipe8.sample_batch.lower(
       pipe8.params, put8(np.arange(b8, dtype=np.int32) % pipe.num_classes),
-      put8(np.ones(b8, np.float32)), put8(np.arange(b8)), jax.random.key(0), 4, 0.3,
-      method=method, clip=True, guided=True).compile().as_text()
+      guidance.Guidance(w=put8(np.ones(b8, np.float32))), put8(np.arange(b8)), jax.random.key(0),
+      4, 0.3, *grid_args, method=method, clip=True, grid=s.grid).compile().as_text()
   collectives = sum(hlo.count(f' {op}(') + hlo.count(f' {op}-start(') for op in COLLECTIVES)
 
   result = {
@@ -111,6 +132,8 @@ def main(argv):
       'overhead_ratio_guided_step_vs_forward_2b': round(per_step[True] / forward_s, 3),
       'guided_vs_unguided_per_sample': round(per_step[True] / per_step[False], 3),
       'compilations_in_10_w_sweep': len(compiles),
+      f'whole_run_{n}_steps_s': {k: round(v, 3) for k, v in whole.items()},
+      'interval_time_per_sample_vs_unguided': interval_ratios,
       'collectives_per_guided_program_8_devices': collectives}
   cli.print_result(result, _JSON.value)
 

@@ -90,7 +90,7 @@ def test_training_grid_samples_the_ema_as_sharded(runs, tmp_path):
   def sampler(params, labels, *args, **kwargs):
     received.append(params)
     return jnp.zeros(labels.shape + pipe.shape)
-  pipe._sample_batch = sampler   # pylint: disable=protected-access
+  pipe.sample_batch = sampler
   train.write_guidance_grid(pipe, state.ema_params, str(tmp_path), int(state.step))
   assert received and (tmp_path / 'samples' / 'grid_0000003.png').exists()
   for got, ema in zip(jax.tree.leaves(received[0]), jax.tree.leaves(state.ema_params),
