@@ -132,7 +132,7 @@ class Guidance:
   rescale: Optional[Any] = None
   threshold: Optional[Any] = None
   apg_eta: Any = 0.0
-  apg_norm: Any = float("inf")
+  apg_norm: Any = float('inf')
   apg_momentum: Any = -0.5
   table: Optional[Any] = None
   rule: str = flax.struct.field(pytree_node=False, default='cfg')

@@ -8,7 +8,8 @@ on (`guidance.Guidance`) are static.
 One network call per step: each example's conditional and null-label copies are interleaved
 (rows 2i and 2i + 1 of a 2B batch), so a batch sharded over devices keeps each pair on one
 device and guidance needs no communication. With `w=None` only the B conditional rows run, and
-with a guidance interval only at the steps where no example of the batch is inside it.
+with a guidance interval so do the steps where no example of the batch is inside it (that
+decision, `any` over a batch sharded across devices, is the one collective: a boolean per step).
 """
 import functools
 
