@@ -5,8 +5,9 @@
 The U-Net runs at the native 28x28 (28 -> 14 -> 7), so no padding is needed. Beyond the paper
 (whose settings stay the default of configs/imagenet64.py and imagenet128.py), this config
 adopts what teaches more per CPU-minute on a 2,000-step budget (docs/RESULTS.md): no dropout,
-min-SNR-5 loss weighting, a cosine learning-rate decay, and EDM's ρ = 7 time grid over EDM's
-σ ∈ [0.002, 80] for sampling. The training λ distribution and range stay the paper's.
+min-SNR-5 loss weighting, and EDM's ρ = 7 time grid over EDM's σ ∈ [0.002, 80] for sampling.
+The learning rate stays constant after warm-up (a cosine decay measured worse). The training λ
+distribution and range stay the paper's.
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
 (10,000 steps: about 1.8 h at the 0.643 s/step measured on a 2-core AVX-512 AMD EPYC) for the
@@ -20,7 +21,7 @@ def get_config(variant=''):
   config.model.update(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=(7,), attention_head_channels=32, dropout=0.0)
   config.train.update(num_steps=2000, batch_size=64, learning_rate=1e-3, warmup_steps=100,
-                      lr_schedule='cosine', loss_weighting='min_snr', ema_decay=0.998,
+                      loss_weighting='min_snr', ema_decay=0.998,
                       log_every=50, checkpoint_every=250)
   config.sample.update(method='dpmpp2m', steps=24, per_class=8, grid='edm',
                        logsnr_min=-8.764, logsnr_max=12.43)   # −2 ln 80, −2 ln 0.002
@@ -29,7 +30,6 @@ def get_config(variant=''):
     config.model.update(channels=8, channel_mult=(1, 2), attention_resolutions=(14,),
                         attention_head_channels=8)
     config.train.update(num_steps=20, batch_size=16, learning_rate=2e-3, warmup_steps=5,
-                        lr_schedule='constant',   # tests run it past num_steps
                         log_every=5, checkpoint_every=10, ema_decay=0.99)
     config.sample.update(steps=8, per_class=2)
   elif variant == 'long':
