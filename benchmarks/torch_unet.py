@@ -1,4 +1,4 @@
-"""cfg_jax/model.py's U-Net and training/train_step's objective in PyTorch: the speed yardstick.
+"""cfg_jax/model.py's U-Net and objective.train_step's objective in PyTorch: the speed yardstick.
 
 Used by `benchmarks/train_step.py --torch` only (torch is the optional `bench` extra, never
 imported by the package). Same blocks, widths, GroupNorm groups and epsilon, zero-initialised

@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from cfg_jax import diffusion, guidance, sampling, training
+from cfg_jax import diffusion, guidance, objective, sampling
 
 
 class ConfigError(ValueError):
@@ -201,8 +201,8 @@ def validate(config):
   if d.prediction not in ('eps', 'v'):
     raise ConfigError(f"config.diffusion.prediction={d.prediction!r}: use 'eps' or 'v'")
   _choice('config.diffusion.train_logsnr', d.train_logsnr, diffusion.TRAIN_LOGSNR)
-  _choice('config.train.lr_schedule', t.lr_schedule, training.LR_SCHEDULES)
-  _choice('config.train.loss_weighting', t.loss_weighting, training.LOSS_WEIGHTINGS)
+  _choice('config.train.lr_schedule', t.lr_schedule, objective.LR_SCHEDULES)
+  _choice('config.train.loss_weighting', t.loss_weighting, objective.LOSS_WEIGHTINGS)
   _choice('config.sample.method', s.method, sampling.METHODS)
   _choice('config.sample.grid', s.grid, sampling.GRIDS)
   _choice('config.sample.guidance_rule', s.guidance_rule, guidance.COMBINE_RULES)

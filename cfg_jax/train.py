@@ -1,14 +1,16 @@
-"""The training loop: `train_and_evaluate(config, workdir)`, importable by tests and notebooks.
+"""The training loop: `train(config, workdir)`, importable by tests and notebooks.
 
 Reads top to bottom: workdir → mesh → data → model and optimizer → sharded, compiled step →
 restore or initialise → loop (log, checkpoint, sample, stop on SIGTERM or Ctrl-C) → final checkpoint.
-The math lives in `cfg_jax.training`; this module only owns side effects.
+The math lives in `cfg_jax.objective`; this module only owns side effects.
 """
 import functools
 import logging
 import os
 import time
+from typing import Any, Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ import tqdm
 from etils import epath
 
 from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, runtime, sharding
-from cfg_jax import training, visualize, workdir_lock
+from cfg_jax import objective, visualize, workdir_lock
 
 log = logging.getLogger('cfg_jax')
 
@@ -35,20 +37,29 @@ USER_ERRORS = (config_lib.ConfigError, data.DataError, checkpoint.CheckpointErro
                workdir_lock.WorkdirBusyError, NonFiniteError)
 
 
+class Built(NamedTuple):
+  """What `build` makes for one mesh: the network, jitted `init(rng) -> state` and
+  `step(state, batch) -> (state, metrics)`, and the state's abstract shapes with shardings."""
+  model: nn.Module
+  init: Callable
+  step: Callable
+  abstract_state: Any
+
+
 def build(config, mesh):
   """Model, optimizer and the sharded, jitted init and train-step functions for `mesh`."""
   model = model_lib.from_config(config)
-  tx, schedule = training.make_optimizer(config.train)
-  init = functools.partial(training.init_state, model, tx, config)
+  tx, schedule = objective.make_optimizer(config.train)
+  init = functools.partial(objective.init_state, model, tx, config)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.fsdp_min_bytes)
   init = jax.jit(init, out_shardings=state_sharding)
   step = jax.jit(
-      functools.partial(training.train_step, model=model, tx=tx, schedule=schedule, config=config),
+      functools.partial(objective.train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
-  return model, init, step, sharding.abstract(abstract, state_sharding)
+  return Built(model, init, step, sharding.abstract(abstract, state_sharding))
 
 
 def _log_metrics(writer, step, metrics, bar):
@@ -89,7 +100,7 @@ def check_workdir(workdir):
                        f'another --workdir or fix its permissions') from None
 
 
-def train_and_evaluate(config, workdir, stop=None):
+def train(config, workdir, stop=None):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
   SIGTERM or Ctrl-C saves a checkpoint after the current step and returns early (state.step

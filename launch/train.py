@@ -37,7 +37,7 @@ def main(argv):
   config = _CONFIG.value
   stop = runtime.StopSignal()   # from now on, not only once the loop runs
   try:
-    state = train.train_and_evaluate(config, _WORKDIR.value, stop)
+    state = train.train(config, _WORKDIR.value, stop)
   except train.USER_ERRORS as e:
     cli.fail(str(e))
   step = int(state.step)

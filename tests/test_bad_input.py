@@ -124,7 +124,7 @@ def trained(tmp_path_factory):
   """(a scratch folder, a workdir trained for 2 steps with a checkpoint at step 2)."""
   tmp = str(tmp_path_factory.mktemp('bad_input'))
   workdir = os.path.join(tmp, 'trained')
-  train.train_and_evaluate(tiny_config(num_steps=2, checkpoint_every=2), workdir)
+  train.train(tiny_config(num_steps=2, checkpoint_every=2), workdir)
   return tmp, workdir
 
 

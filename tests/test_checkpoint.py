@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cfg_jax import checkpoint, sharding, train, training
+from cfg_jax import checkpoint, objective, sharding, train
 from conftest import tiny_config
 
 
 @flax.struct.dataclass
-class CountingState(training.TrainState):
+class CountingState(objective.TrainState):
   """A TrainState with one more field, as a later change might add."""
   skipped: jax.Array
 
@@ -41,7 +41,7 @@ def _save(workdir, state, config):
 def saved(tmp_path_factory):
   """(config, initial state on 8 devices, read-only manager of its checkpoint at step 0)."""
   config = tiny_config()
-  _, init, _, _ = train.build(config, sharding.make_mesh(config.mesh))
+  init = train.build(config, sharding.make_mesh(config.mesh)).init
   state = init(jax.random.key(0))
   return config, state, _save(str(tmp_path_factory.mktemp('ckpt')), state, config)
 

@@ -34,7 +34,7 @@ def _log_has(path, pattern):
 def straight(tmp_path_factory):
   """FINAL steps without interruption: what every interrupted and resumed run must end with."""
   config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
-  return train.train_and_evaluate(config, str(tmp_path_factory.mktemp('straight') / 'run'))
+  return train.train(config, str(tmp_path_factory.mktemp('straight') / 'run'))
 
 
 def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_path, straight):
@@ -66,7 +66,7 @@ def test_sigterm_saves_sigkill_loses_only_uncommitted_steps_resume_is_exact(tmp_
   # 3. The same command resumes from the last committed step and ends where an uninterrupted
   # run ends, bit for bit (same mesh, same (seed, step) randomness, same data positions).
   config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
-  resumed = train.train_and_evaluate(config, workdir)
+  resumed = train.train(config, workdir)
   _assert_same_state(resumed, straight)
   assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
 
@@ -87,7 +87,7 @@ def test_ctrl_c_saves_and_the_rerun_resumes_exactly(tmp_path, straight):
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))   # released on exit
 
   config = tiny_config(num_steps=FINAL, log_every=FINAL, checkpoint_every=1000)
-  _assert_same_state(train.train_and_evaluate(config, workdir), straight)
+  _assert_same_state(train.train(config, workdir), straight)
 
 
 def test_second_trainer_is_refused_and_a_killed_trainers_lock_is_not(tmp_path):
@@ -108,7 +108,7 @@ def test_second_trainer_is_refused_and_a_killed_trainers_lock_is_not(tmp_path):
   assert first.wait(timeout=60) == -signal.SIGKILL
   lock = os.path.join(workdir, workdir_lock.LOCK_FILE)
   assert f'"pid": {first.pid}' in open(lock).read()
-  state = train.train_and_evaluate(tiny_config(num_steps=2), workdir)
+  state = train.train(tiny_config(num_steps=2), workdir)
   assert int(state.step) == 2 and not os.path.exists(lock)
 
 
@@ -116,7 +116,7 @@ def test_second_trainer_is_refused_and_a_killed_trainers_lock_is_not(tmp_path):
 def four_steps(tmp_path_factory):
   """A workdir with checkpoints at steps 2 and 4."""
   workdir = str(tmp_path_factory.mktemp('four') / 'run')
-  train.train_and_evaluate(tiny_config(num_steps=4, checkpoint_every=2), workdir)
+  train.train(tiny_config(num_steps=4, checkpoint_every=2), workdir)
   return workdir
 
 
@@ -130,7 +130,7 @@ def test_half_written_checkpoint_is_never_picked_up(four_steps, tmp_path):
   shutil.rmtree(os.path.join(partial, 'train_state'))
   assert checkpoint.manager(workdir, read_only=True).latest_step() == 4
 
-  state = train.train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=2), workdir)
+  state = train.train(tiny_config(num_steps=5, checkpoint_every=2), workdir)
   assert int(state.step) == 5
   assert launcher.committed_steps(workdir) == [2, 4, 5]
   assert not os.path.exists(partial)   # the writer deleted the leftover
@@ -153,7 +153,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(four_steps, tmp
   config = tiny_config(num_steps=8, checkpoint_every=checkpoint_every, log_every=100)
   with pytest.raises(train.NonFiniteError,
                      match=rf'step {stops_at} .*last good checkpoint is kept'):
-    train.train_and_evaluate(config, workdir)
+    train.train(config, workdir)
   assert launcher.digest(workdir) == before
 
 
@@ -161,10 +161,10 @@ def test_nonfinite_loss_skip_leaves_parameters_unchanged(four_steps, tmp_path, m
   workdir = str(tmp_path / 'run')
   shutil.copytree(four_steps, workdir)
   config = tiny_config(num_steps=4)
-  good = train.train_and_evaluate(config, workdir)   # restores step 4, trains nothing
+  good = train.train(config, workdir)   # restores step 4, trains nothing
   monkeypatch.setattr(data, 'to_model_range', _nan_images)
   config = tiny_config(num_steps=6, checkpoint_every=1, on_nonfinite='skip')
-  state = train.train_and_evaluate(config, workdir)
+  state = train.train(config, workdir)
   assert int(state.step) == 6
   for name in ('params', 'ema_params', 'opt_state'):
     for a, b in zip(jax.tree.leaves(getattr(state, name)), jax.tree.leaves(getattr(good, name))):

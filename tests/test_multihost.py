@@ -73,7 +73,7 @@ def test_two_processes_train_stop_and_resume_like_one(tmp_path):
 
   # The same 2-device program, its all-reduces over gloo or inside one process: the same bits.
   config = tiny_config(num_steps=FINAL)
-  abstract = train.build(config, sharding.make_mesh(config.mesh))[3]
+  abstract = train.build(config, sharding.make_mesh(config.mesh)).abstract_state
   restore = lambda w: checkpoint.restore(checkpoint.manager(w, read_only=True), abstract)
   a, b = restore(two), restore(one)
   assert int(a.step) == int(b.step) == FINAL

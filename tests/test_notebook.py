@@ -13,7 +13,7 @@ NOTEBOOK = os.path.join(ROOT, 'notebooks', 'evaluate_checkpoint.ipynb')
 
 def test_evaluate_notebook_executes(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'tiny')
-  train.train_and_evaluate(tiny_config(), workdir)
+  train.train(tiny_config(), workdir)
   monkeypatch.setenv('CFG_JAX_WORKDIR', workdir)
   monkeypatch.setenv('CFG_JAX_CLASSIFIER_DIR', tiny_classifier_dir())
   monkeypatch.setenv('CFG_JAX_NUM_SAMPLES', '40')

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import diffusion, sampling, training
+from cfg_jax import diffusion, objective, sampling
 from conftest import tiny_config
 
 LAMBDAS = np.linspace(-20.0, 20.0, 81)
@@ -23,7 +23,7 @@ def test_loss_weights_match_float64_weights_on_x(prediction, weighting, gamma, s
   native = snr if prediction == 'eps' else snr + 1.0        # the target's own weight on ‖x̂ − x‖²
   on_x = {'none': native, 'min_snr': np.minimum(snr, gamma),
           'edm': 1.0 / np.exp(-LAMBDAS) + 1.0 / sigma_data ** 2}[weighting]
-  got = np.exp(np.asarray(training.log_loss_weight(
+  got = np.exp(np.asarray(objective.log_loss_weight(
       jnp.asarray(LAMBDAS, jnp.float32), weighting=weighting, prediction=prediction, gamma=gamma,
       sigma_data=sigma_data), np.float64))
   np.testing.assert_allclose(got, on_x / native, rtol=2e-5)
@@ -75,7 +75,7 @@ def test_normal_training_logsnr_is_clipped_to_the_range():
 def test_power_ema_weights_steps_like_t_to_the_gamma():
   """EDM2: β_t = (1 − 1/t)^{γ+1} averages parameter t with weight ∝ t^γ (up to O(1/t))."""
   gamma, T = 6.94, 2000
-  decays = np.asarray(training.ema_decay(jnp.arange(T), 0.999, power=gamma), np.float64)
+  decays = np.asarray(objective.ema_decay(jnp.arange(T), 0.999, power=gamma), np.float64)
   t = np.arange(1, T + 1, dtype=np.float64)
   np.testing.assert_allclose(decays, (1 - 1 / t) ** (gamma + 1), rtol=1e-5)
   assert decays[0] == 0.0                       # the first average is the first parameter
@@ -89,13 +89,13 @@ def test_power_ema_weights_steps_like_t_to_the_gamma():
 
 def test_constant_ema_keeps_its_warm_up():
   steps = np.array([0, 10, 100, 10_000])
-  np.testing.assert_allclose(training.ema_decay(steps, 0.999),
+  np.testing.assert_allclose(objective.ema_decay(steps, 0.999),
                              np.minimum(0.999, (1 + steps) / (10 + steps)), rtol=1e-6)
 
 
 def test_cosine_learning_rate_warms_up_then_decays_to_zero():
   config = tiny_config(num_steps=100, warmup_steps=10, learning_rate=1e-3, lr_schedule='cosine')
-  _, schedule = training.make_optimizer(config.train)
+  _, schedule = objective.make_optimizer(config.train)
   steps = np.arange(101)
   got = np.asarray(jax.vmap(schedule)(steps), np.float64)
   want = np.where(steps < 10, 1e-3 * steps / 10,

@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 def test_streamed_samples_match_one_call_at_the_chosen_step(tmp_path):
   workdir, out = str(tmp_path / 'run'), str(tmp_path / 'samples')
-  train.train_and_evaluate(tiny_config(num_steps=2, checkpoint_every=1), workdir)
+  train.train(tiny_config(num_steps=2, checkpoint_every=1), workdir)
   proc = launcher.run_tool('sample.py', f'--workdir={workdir}', '--step=1', '--guidance=0,1.5',
                            '--per_class=4', '--classes=3,7', '--batch_size=8', '--cpu_devices=8',
                            f'--out={out}')

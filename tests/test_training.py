@@ -1,10 +1,12 @@
 """Algorithm 1 on real Fashion-MNIST: condition dropout, the U-Net, sharded steps, checkpoints."""
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import checkpoint, data, model as model_lib, sharding, train, training
+from cfg_jax import checkpoint, data, model as model_lib, objective, sharding, train
 from conftest import tiny_config
 
 
@@ -12,7 +14,7 @@ from conftest import tiny_config
 def test_drop_labels_rate_within_binomial_error(p):
   n = 200_000
   labels = jnp.zeros((n,), jnp.int32) + 3
-  out = np.asarray(training.drop_labels(jax.random.key(0), labels, p, 10))
+  out = np.asarray(objective.drop_labels(jax.random.key(0), labels, p, 10))
   dropped = np.mean(out == 10)
   assert abs(dropped - p) < 5 * np.sqrt(p * (1 - p) / n)
   assert set(np.unique(out)) == {3, 10}
@@ -20,8 +22,8 @@ def test_drop_labels_rate_within_binomial_error(p):
 
 def test_drop_labels_extremes():
   labels = jnp.arange(1000) % 10
-  np.testing.assert_array_equal(training.drop_labels(jax.random.key(1), labels, 0.0, 10), labels)
-  assert np.all(np.asarray(training.drop_labels(jax.random.key(1), labels, 1.0, 10)) == 10)
+  np.testing.assert_array_equal(objective.drop_labels(jax.random.key(1), labels, 0.0, 10), labels)
+  assert np.all(np.asarray(objective.drop_labels(jax.random.key(1), labels, 1.0, 10)) == 10)
 
 
 @pytest.fixture(scope='module')
@@ -59,12 +61,18 @@ def test_null_embedding_row_is_used(unet):
 # Every training test below uses the same tiny config, so each mesh compiles its step once
 # (later builds hit the persistent compilation cache).
 
+class Setup(NamedTuple):
+  config: Any
+  meshes: dict       # device count -> Mesh
+  builds: dict       # device count -> train.Built
+
+
 @pytest.fixture(scope='module')
 def built():
   config = tiny_config()
   meshes = {1: sharding.make_mesh({'data': 1, 'fsdp': 1}, jax.devices()[:1]),
             8: sharding.make_mesh({'data': 8, 'fsdp': 1})}
-  return config, {n: (mesh, train.build(config, mesh)) for n, mesh in meshes.items()}
+  return Setup(config, meshes, {n: train.build(config, mesh) for n, mesh in meshes.items()})
 
 
 def _batches(source, config, n):
@@ -73,21 +81,20 @@ def _batches(source, config, n):
 
 
 def _run_steps(built, n_devices, batches):
-  mesh, (_, init, step, _) = built[1][n_devices]
-  state = init(jax.random.key(built[0].seed))
+  mesh, b = built.meshes[n_devices], built.builds[n_devices]
+  state = b.init(jax.random.key(built.config.seed))
   losses = []
   for batch in batches:
-    state, metrics = step(state, sharding.global_batch(batch, mesh))
+    state, metrics = b.step(state, sharding.global_batch(batch, mesh))
     assert int(metrics["nonfinite"]) == 0
     losses.append(float(metrics['loss']))
   return state, losses
 
 
 def test_training_reduces_loss_on_fashion_mnist(built, fmnist_train):
-  config = built[0]
-  model = built[1][8][1][0]
+  config, model = built.config, built.builds[8].model
   held_out = data.load_fashion_mnist('test')
-  eval_loss = jax.jit(lambda p: training.loss_fn(p, model, held_out.images[:256],
+  eval_loss = jax.jit(lambda p: objective.loss_fn(p, model, held_out.images[:256],
                                                  jnp.asarray(held_out.labels[:256]),
                                                  jax.random.key(123), config, train=False))
   state, _ = _run_steps(built, 8, [])
@@ -98,7 +105,7 @@ def test_training_reduces_loss_on_fashion_mnist(built, fmnist_train):
 
 
 def test_sharded_step_matches_single_device(built, fmnist_train):
-  batches = _batches(fmnist_train, built[0], 3)
+  batches = _batches(fmnist_train, built.config, 3)
   state1, losses1 = _run_steps(built, 1, batches)
   state8, losses8 = _run_steps(built, 8, batches)
   np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
@@ -107,7 +114,7 @@ def test_sharded_step_matches_single_device(built, fmnist_train):
 
 
 def test_checkpoint_restores_onto_other_meshes(built, tmp_path, fmnist_train):
-  config = built[0].copy_and_resolve_references()
+  config = built.config.copy_and_resolve_references()
   config.mesh.fsdp_min_bytes = 0   # split the tiny model's arrays too on the fsdp=2 mesh
   state, _ = _run_steps(built, 8, _batches(fmnist_train, config, 2))
   mngr = checkpoint.manager(str(tmp_path))
@@ -117,7 +124,7 @@ def test_checkpoint_restores_onto_other_meshes(built, tmp_path, fmnist_train):
   for mesh_config, devices in [({'data': 1, 'fsdp': 1}, jax.devices()[:1]),
                                ({'data': 4, 'fsdp': 2}, None)]:
     mesh = sharding.make_mesh(mesh_config, devices)
-    abstract = train.build(config, mesh)[3]
+    abstract = train.build(config, mesh).abstract_state
     restored = checkpoint.restore(checkpoint.manager(str(tmp_path), read_only=True), abstract)
     assert int(restored.step) == 2
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
@@ -128,11 +135,11 @@ def test_checkpoint_restores_onto_other_meshes(built, tmp_path, fmnist_train):
 
 def test_resume_continues_step_ema_and_data_order(tmp_path):
   config = tiny_config(num_steps=6, checkpoint_every=3, log_every=3)
-  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  straight = train.train(config, str(tmp_path / 'straight'))
   config.train.num_steps = 3
-  train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  train.train(config, str(tmp_path / 'resumed'))
   config.train.num_steps = 6
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  resumed = train.train(config, str(tmp_path / 'resumed'))
   assert int(resumed.step) == int(straight.step) == 6
   for a, b in zip(jax.tree.leaves(jax.device_get(resumed)), jax.tree.leaves(jax.device_get(straight))):
     np.testing.assert_array_equal(a, b)

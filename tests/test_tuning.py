@@ -23,7 +23,7 @@ def test_choose_lowest_fd_or_best_agreement_within_a_bound():
 @pytest.fixture(scope='module')
 def tiny_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('tuning') / 'run')
-  train.train_and_evaluate(tiny_config(num_steps=20, checkpoint_every=20), workdir)
+  train.train(tiny_config(num_steps=20, checkpoint_every=20), workdir)
   return workdir
 
 
