@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from cfg_jax import diffusion, guidance, objective, sampling
+from cfg_jax import conditioning, diffusion, guidance, model, objective, sampling
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,23 @@ def base_config():
       attention_num_heads=0,  # > 0 fixes the number of heads instead
       dropout=0.1,
       dtype='float32',        # compute dtype; params stay float32
+      # Sequence conditions ('text', 'embedding' in condition.kinds):
+      cross_attention_resolutions=(),  # resolutions with cross-attention to the sequence
+      context_dim=64,         # the sequence's width in the U-Net (= the text encoder's width)
+      text_layers=2,          # built-in text encoder (a transformer over byte tokens)
+      text_heads=4,
+      text_max_len=64,        # tokens, BOS included: prompts of up to 63 UTF-8 bytes
+      embedding_null='learned',  # the 'embedding' kind's null: 'learned' vector or 'zeros'
+  )
+
+  # What the model is conditioned on (cfg_jax.conditioning): 'label' (the paper's class
+  # labels), 'text' (captions through the built-in encoder; Fashion-MNIST captions from
+  # cfg_jax.captions), 'embedding' (precomputed, from an npz data set); kinds combine.
+  config.condition = dict(
+      kinds=('label',),
+      p_uncond=(),            # dropout probability per kind, in kinds' order; (): train.p_uncond
+      embedding_len=0,        # 'embedding': sequence length L and width D of the data set's
+      embedding_dim=0,        #   embeddings (N, L, D)
   )
 
   config.train = dict(
@@ -163,6 +180,15 @@ def _ranges(config):
       ('model.attention_num_heads', m.attention_num_heads, m.attention_num_heads >= 0,
        '>= 0 (0: from attention_head_channels)'),
       ('model.dropout', m.dropout, 0.0 <= m.dropout < 1.0, 'in [0, 1)'),
+      ('model.context_dim', m.context_dim, m.context_dim >= 1, '>= 1'),
+      ('model.text_layers', m.text_layers, m.text_layers >= 0, '>= 0'),
+      ('model.text_heads', m.text_heads, m.text_heads >= 1 and m.context_dim % m.text_heads == 0,
+       f'>= 1 and divide model.context_dim={m.context_dim}'),
+      ('model.text_max_len', m.text_max_len, m.text_max_len >= 2, '>= 2'),
+      ('condition.p_uncond', tuple(config.condition.p_uncond),
+       all(isinstance(p, (int, float)) and 0.0 <= p <= 1.0 for p in config.condition.p_uncond)
+       and len(config.condition.p_uncond) in (0, len(config.condition.kinds)),
+       f'() or one probability in [0, 1] per kind of {tuple(config.condition.kinds)}'),
       ('train.num_steps', t.num_steps, t.num_steps >= 0, '>= 0'),
       ('train.batch_size', t.batch_size, t.batch_size >= 1, '>= 1'),
       ('train.p_uncond', t.p_uncond, 0.0 <= t.p_uncond <= 1.0, 'in [0, 1]'),
@@ -186,6 +212,25 @@ def _ranges(config):
        and (config.mesh.data, config.mesh.fsdp) != (-1, -1),
        '-1 (the rest) or >= 1, not -1 with mesh.data=-1'),
   ]
+
+
+def _check_condition(config):
+  kinds, c = tuple(config.condition.kinds), config.condition
+  if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= set(conditioning.KINDS):
+    raise ConfigError(f'config.condition.kinds={kinds}: use one or more distinct kinds of '
+                      f'{", ".join(conditioning.KINDS)}')
+  _choice('config.model.embedding_null', config.model.embedding_null, model.EMBEDDING_NULLS)
+  sequence = {'text', 'embedding'} & set(kinds)
+  if sequence and not config.model.cross_attention_resolutions:
+    raise ConfigError(f'config.condition.kinds={kinds} needs cross-attention: set '
+                      'config.model.cross_attention_resolutions, e.g. (14, 7)')
+  if 'text' in kinds and config.data.name != 'fashion_mnist':
+    raise ConfigError("config.condition.kinds with 'text' needs captions, which exist for "
+                      "fashion_mnist only (cfg_jax.captions); for other data use 'embedding'")
+  if 'embedding' in kinds and not (c.embedding_len >= 1 and c.embedding_dim >= 1):
+    raise ConfigError('config.condition.kinds with \'embedding\' needs the data set\'s '
+                      'config.condition.embedding_len and embedding_dim (L and D of its '
+                      '(N, L, D) embeddings)')
 
 
 def validate(config):
@@ -217,6 +262,7 @@ def validate(config):
     raise ConfigError(f'config.sample.interval_sigma={tuple(s.interval_sigma)} must be > 0')
   if (s.w_schedule == 'table') != bool(s.w_table):
     raise ConfigError("config.sample.w_table goes with w_schedule='table', and only with it")
+  _check_condition(config)
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
   size = config.data.pad_to or config.data.image_size

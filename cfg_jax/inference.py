@@ -1,4 +1,5 @@
-"""Sampling from a trained U-Net: `load(workdir)` → `Pipeline.sample(labels, w, ...)`.
+"""Sampling from a trained U-Net: `load(workdir)` → `Pipeline.sample(labels, w, ...)`, or
+`Pipeline.sample(prompts=[...], w=...)` for a text-conditioned one (cfg_jax.conditioning).
 
 Restores only the EMA parameters and the config, onto whatever devices are present (a TPU
 slice, one GPU, or the CPU of a notebook). Samples are split over the devices of a data mesh;
@@ -14,12 +15,12 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
-from cfg_jax import checkpoint, diffusion, guidance, model as model_lib, sampling, sharding
-from cfg_jax import tuning
+from cfg_jax import checkpoint, conditioning, diffusion, guidance, model as model_lib, sampling
+from cfg_jax import sharding, tokenizer, tuning
 
 
 def eps_fn_for(model, params, prediction='eps', mesh=None):
-  """The ε(z, λ, labels) function the samplers consume, for an ε- or v-prediction U-Net.
+  """The ε(z, λ, c) function the samplers consume, for an ε- or v-prediction U-Net.
 
   mesh: inside a jitted sampler, gather `params` whole onto every device of `mesh` first. An
   FSDP-sharded EMA is then all-gathered once per sampler call, into a copy that lives only
@@ -29,8 +30,8 @@ def eps_fn_for(model, params, prediction='eps', mesh=None):
   if mesh is not None:
     params = jax.lax.with_sharding_constraint(params, sharding.replicated(mesh))
 
-  def eps_fn(z, logsnr, labels):
-    out = model.apply({'params': params}, z, logsnr, labels)
+  def eps_fn(z, logsnr, cond):
+    out = model.apply({'params': params}, z, logsnr, cond)
     return out if prediction == 'eps' else diffusion.eps_from_v(z, out, logsnr)
   return eps_fn
 
@@ -85,14 +86,17 @@ class Pipeline:
     self.params = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, replicated),
                                params)
 
-  def _sample_batch(self, params, labels, guide, indices, key, steps, v, logsnr_range, rho, *,
-                    method, clip, grid):
-    """One batch on the devices: labels, indices and guide's per-example fields sharded alike;
-    guide is a `guidance.Guidance` or None (unguided, B rows); logsnr_range = (λ_min, λ_max)
-    of the time grid. Jitted as `sample_batch`."""
+  def _sample_batch(self, params, labels, guide, indices, key, steps, v, logsnr_range, rho,
+                    null=None, *, method, clip, grid):
+    """One batch on the devices: labels (the condition), indices, null and guide's per-example
+    fields sharded alike; guide is a `guidance.Guidance` or None (unguided, B rows);
+    logsnr_range = (λ_min, λ_max) of the time grid; null: what guidance pairs each condition
+    with (∅ or a negative prompt), None for class labels (∅ = num_classes). Jitted as
+    `sample_batch`."""
     return sampling.sample(
         eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh), labels,
-        guide, key, shape=self.shape, null_label=self.num_classes, steps=steps, method=method,
+        guide, key, shape=self.shape, null_label=self.num_classes if null is None else null,
+        steps=steps, method=method,
         v=v, clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
         logsnr_max=logsnr_range[1], rho=rho)
 
@@ -106,11 +110,62 @@ class Pipeline:
       raise ValueError(f'w must be finite, got {w[~np.isfinite(w)][0]}')
     return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
 
-  def sample(self, labels, w=TUNED, *, steps=None, method=None, seed=0, v=None, clip=None,
-             grid=None, logsnr_range=None, batch_size=256, progress=False, first_index=0,
-             **guidance_overrides):
-    """Samples for `labels` (N,) at guidance w (scalar or (N,); None: the unguided model; by
-    default the w chosen for this checkpoint by a sweep, else 0). Guidance settings default to
+  def condition(self, labels=None, prompts=None, embeddings=None, negative_prompts=None):
+    """(condition, null) as host arrays for N samples, from what this model's kinds need:
+    labels (N,) for 'label', prompts (N strings) for 'text', embeddings = (values (N, L, D),
+    mask (N, L)) for 'embedding'. null is None for class labels alone (∅ = num_classes), else
+    ∅ of every kind with the text replaced by `negative_prompts` (one string, or N) if given."""
+    kinds = tuple(self.config.condition.kinds)
+    given = {'label': labels, 'text': prompts, 'embedding': embeddings}
+    names = {'label': 'labels', 'text': 'prompts', 'embedding': 'embeddings'}
+    for kind, value in given.items():
+      if (value is None) == (kind in kinds):
+        raise ValueError(f'this model is conditioned on {" + ".join(names[k] for k in kinds)}; '
+                         f'{"give" if value is None else "it takes no"} {names[kind]}')
+    if negative_prompts is not None and 'text' not in kinds:
+      raise ValueError('negative prompts need a text-conditioned model; this one is conditioned '
+                       f'on {" + ".join(names[k] for k in kinds)}')
+    cond = {}
+    if labels is not None:
+      labels = np.asarray(labels, np.int32).reshape(-1)
+      bad = labels[(labels < 0) | (labels > self.num_classes)]
+      if bad.size:
+        raise ValueError(f'label {bad[0]} is outside [0, {self.num_classes}] '
+                         f'({self.num_classes} is the null label)')
+      cond['label'] = labels
+    if prompts is not None:
+      prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+      cond['text'] = tokenizer.encode(prompts, self.config.model.text_max_len)
+    if embeddings is not None:
+      values, mask = embeddings
+      c = self.config.condition
+      values, mask = np.asarray(values, np.float32), np.asarray(mask, bool)
+      if values.shape[1:] != (c.embedding_len, c.embedding_dim) or mask.shape != values.shape[:2]:
+        raise ValueError(f'embeddings must be (N, {c.embedding_len}, {c.embedding_dim}) with a '
+                         f'mask (N, {c.embedding_len}), got {values.shape} and {mask.shape}')
+      cond['embedding'] = {'values': values, 'mask': mask}
+    sizes = {k: len(jax.tree.leaves(v)[0]) for k, v in cond.items()}
+    if len(set(sizes.values())) > 1:
+      raise ValueError(f'the condition\'s parts differ in length: {sizes}')
+    if kinds == ('label',):
+      return cond['label'], None
+    null = jax.tree.map(np.asarray, conditioning.null_like(cond, self.num_classes))
+    if negative_prompts is not None:
+      n = conditioning.batch_size(cond)
+      negative = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
+      if len(negative) != n:
+        raise ValueError(f'{len(negative)} negative prompts for {n} samples; give one or {n}')
+      null['text'] = tokenizer.encode(negative, self.config.model.text_max_len)
+    return cond, null
+
+  def sample(self, labels=None, w=TUNED, *, prompts=None, negative_prompts=None, embeddings=None,
+             steps=None, method=None, seed=0, v=None, clip=None, grid=None, logsnr_range=None,
+             batch_size=256, progress=False, first_index=0, **guidance_overrides):
+    """Samples for `labels` (N,) (or `prompts`, `embeddings`: whatever this model is
+    conditioned on, see `condition`) at guidance w (scalar or (N,); None: the unguided model; by
+    default the w chosen for this checkpoint by a sweep, else 0). `negative_prompts` (one
+    string, or N) take the place of the empty prompt in the guided rule:
+    ε̃ = (1 + w)·ε(z, c) − w·ε(z, c_neg). Guidance settings default to
     the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
     rescale=0.7, threshold=0.995, schedule='linear', ...; see `guidance.from_settings`).
 
@@ -136,12 +191,8 @@ class Pipeline:
       tuned = self.tuned or {}
       w = tuned.get('w', 0.0)
       guidance_overrides = {**tuned.get('settings', {}), **guidance_overrides}
-    labels = np.asarray(labels, np.int32).reshape(-1)
-    bad = labels[(labels < 0) | (labels > self.num_classes)]
-    if bad.size:
-      raise ValueError(f'label {bad[0]} is outside [0, {self.num_classes}] '
-                       f'({self.num_classes} is the null label)')
-    n = labels.shape[0]
+    cond, null = self.condition(labels, prompts, embeddings, negative_prompts)
+    n = conditioning.batch_size(cond)
     guide = self.guidance(w, n, **guidance_overrides)
     per_example = None if guide is None else guide.replace(table=None)
     n_dev = self.mesh.size
@@ -152,11 +203,13 @@ class Pipeline:
     for start in tqdm.trange(0, n, batch_size, disable=not progress, desc='sample', unit='batch'):
       stop = min(start + batch_size, n)
       pad = -(stop - start) % n_dev
-      put = lambda a: jax.device_put(np.pad(np.asarray(a)[start:stop], (0, pad), mode='edge'),
-                                     batch)
+      rows = lambda a: np.asarray(a)[start:stop]
+      put = lambda a: jax.device_put(
+          np.pad(rows(a), [(0, pad)] + [(0, 0)] * (rows(a).ndim - 1), mode='edge'), batch)
       chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
-      x = self.sample_batch(self.params, put(labels), chunk, put(np.arange(first_index, first_index + n)), key, steps, v,
-                            logsnr_range, np.float32(s.rho), grid=grid,
+      x = self.sample_batch(self.params, jax.tree.map(put, cond), chunk,
+                            put(np.arange(first_index, first_index + n)), key, steps, v,
+                            logsnr_range, np.float32(s.rho), jax.tree.map(put, null), grid=grid,
                             method=method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
@@ -179,7 +232,7 @@ def load(workdir, step=None, devices=None):
   model = model_lib.from_config(config)
   size = config.data.pad_to or config.data.image_size
   init = functools.partial(model.init, z=jnp.zeros((1, size, size, config.data.channels)),
-                           logsnr=jnp.zeros((1,)), labels=jnp.zeros((1,), jnp.int32))
+                           logsnr=jnp.zeros((1,)), cond=conditioning.example(config))
   abstract = sharding.abstract(jax.eval_shape(init, jax.random.key(0))['params'],
                               sharding.replicated(mesh))
   params = checkpoint.restore_ema_params(mngr, abstract, step)

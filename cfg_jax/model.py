@@ -3,6 +3,12 @@
 The class embedding (with one extra row, index `num_classes`, for the null label ∅) is added to
 the noise-level embedding and enters every residual block through scale-shift normalisation.
 Nothing here knows about guidance: the null label is just another class.
+
+Beyond labels, the condition may be a dict of kinds (cfg_jax.conditioning): a token sequence for
+the built-in text encoder or precomputed embeddings. Their sequence enters through
+cross-attention blocks at `cross_attention_resolutions`, and its masked mean through a
+projection added to the noise-level embedding. A label-only model has none of these modules,
+so its parameters and outputs are what they were before sequence conditions existed.
 Parameters are float32; activations use `dtype` (bfloat16 on accelerators).
 """
 import math
@@ -12,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cfg_jax import diffusion
+from cfg_jax import diffusion, text_encoder
 
 
 def _groups(channels, max_groups=32):
@@ -74,6 +80,27 @@ class AttentionBlock(nn.Module):
     return x + y.reshape(b, h, w, c)
 
 
+class CrossAttentionBlock(nn.Module):
+  """Multi-head attention from the spatial positions to a condition sequence (keys where
+  `mask`), residual, zero-initialised output."""
+  head_channels: int = 64
+  num_heads: int = 0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, mask):
+    b, h, w, c = x.shape
+    heads = self.num_heads or max(1, c // self.head_channels)
+    y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=heads, qkv_features=c, out_features=c, dtype=self.dtype,
+        out_kernel_init=nn.initializers.zeros)(y, context, mask=mask[:, None, None, :])
+    return x + y.reshape(b, h, w, c)
+
+
+EMBEDDING_NULLS = ('learned', 'zeros')
+
+
 class UNet(nn.Module):
   """ε_θ(z, λ, c) (or v_θ, see `prediction` in the config): images (B, H, W, C) → same shape."""
   num_classes: int
@@ -84,29 +111,76 @@ class UNet(nn.Module):
   attention_head_channels: int = 64
   attention_num_heads: int = 0
   dropout: float = 0.1
+  # Sequence conditions ('text', 'embedding'); unused by a label-only condition.
+  cross_attention_resolutions: Sequence[int] = ()
+  context_dim: int = 64          # width of the sequence cross-attention reads (= text encoder's)
+  text_layers: int = 2
+  text_heads: int = 4
+  text_max_len: int = 64
+  embedding_null: str = 'learned'   # the 'embedding' kind's ∅: a learned vector or zeros
   dtype: jnp.dtype = jnp.float32
 
+  def _context(self, cond):
+    """The condition's sequence (B, L, context_dim) and key mask (B, L), or (None, None)."""
+    parts = []
+    if 'text' in cond:
+      parts.append(text_encoder.TextEncoder(self.context_dim, self.text_layers, self.text_heads,
+                                            self.text_max_len, dtype=self.dtype,
+                                            name='text_encoder')(cond['text']))
+    if 'embedding' in cond:
+      values, mask = cond['embedding']['values'], cond['embedding']['mask']
+      # ∅ is the empty sequence; it is read as one null vector at position 0.
+      empty = ~jnp.any(mask, axis=-1)
+      first = jnp.arange(mask.shape[1]) == 0
+      null_at = empty[:, None] & first[None, :]
+      values = jnp.where(null_at[..., None], 0.0, values)
+      context = nn.Dense(self.context_dim, dtype=self.dtype, name='embedding_proj')(values)
+      if self.embedding_null == 'learned':
+        null = self.param('null_embedding', nn.initializers.normal(0.02), (self.context_dim,))
+        context = jnp.where(null_at[..., None], null.astype(context.dtype), context)
+      parts.append((context, mask | null_at))
+    if not parts:
+      return None, None
+    return (jnp.concatenate([c for c, _ in parts], 1), jnp.concatenate([m for _, m in parts], 1))
+
   @nn.compact
-  def __call__(self, z, logsnr, labels, *, train=False):
+  def __call__(self, z, logsnr, cond, *, train=False):
+    """cond: (B,) class labels, or a dict of condition kinds (cfg_jax.conditioning)."""
     emb_dim = 4 * self.channels
     block = lambda c, **kw: ResBlock(c, self.dropout, dtype=self.dtype, **kw)
     attn = lambda: AttentionBlock(self.attention_head_channels, self.attention_num_heads,
                                   dtype=self.dtype)
+    cross = lambda: CrossAttentionBlock(self.attention_head_channels, self.attention_num_heads,
+                                        dtype=self.dtype)
+    cond = cond if isinstance(cond, dict) else {'label': cond}
 
     # Noise level and class (index num_classes is the null label ∅) share one embedding.
     t = diffusion.noise_level_input(logsnr)
     emb = timestep_embedding(t, self.channels)
     emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
     emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
-    emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype, name='class_embed')(labels)
+    if 'label' in cond:
+      emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype,
+                           name='class_embed')(cond['label'])
+    context, mask = self._context(cond)
+    if context is not None:   # the sequence's masked mean joins the noise-level embedding
+      weights = mask.astype(context.dtype)[..., None]
+      pooled = jnp.sum(context * weights, 1) / jnp.maximum(jnp.sum(weights, 1), 1.0)
+      emb = emb + nn.Dense(emb_dim, dtype=self.dtype, name='pooled_proj')(pooled)
+
+    def attend(h):
+      """Self-attention and cross-attention wherever this resolution has them."""
+      if h.shape[1] in self.attention_resolutions:
+        h = attn()(h)
+      if context is not None and h.shape[1] in self.cross_attention_resolutions:
+        h = cross()(h, context, mask)
+      return h
 
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(z.astype(self.dtype))
     skips = [h]
     for level, mult in enumerate(self.channel_mult):
       for _ in range(self.num_res_blocks):
-        h = block(self.channels * mult)(h, emb, train=train)
-        if h.shape[1] in self.attention_resolutions:
-          h = attn()(h)
+        h = attend(block(self.channels * mult)(h, emb, train=train))
         skips.append(h)
       if level != len(self.channel_mult) - 1:
         h = block(h.shape[-1], resample=-1)(h, emb, train=train)
@@ -114,13 +188,14 @@ class UNet(nn.Module):
 
     h = block(h.shape[-1])(h, emb, train=train)
     h = attn()(h)
+    if context is not None and h.shape[1] in self.cross_attention_resolutions:
+      h = cross()(h, context, mask)
     h = block(h.shape[-1])(h, emb, train=train)
 
     for level, mult in reversed(list(enumerate(self.channel_mult))):
       for _ in range(self.num_res_blocks + 1):
-        h = block(self.channels * mult)(jnp.concatenate([h, skips.pop()], -1), emb, train=train)
-        if h.shape[1] in self.attention_resolutions:
-          h = attn()(h)
+        h = attend(block(self.channels * mult)(jnp.concatenate([h, skips.pop()], -1), emb,
+                                               train=train))
       if level != 0:
         h = block(h.shape[-1], resample=+1)(h, emb, train=train)
 
@@ -141,4 +216,10 @@ def from_config(config):
       attention_head_channels=m.attention_head_channels,
       attention_num_heads=m.attention_num_heads,
       dropout=m.dropout,
+      cross_attention_resolutions=tuple(m.cross_attention_resolutions),
+      context_dim=m.context_dim,
+      text_layers=m.text_layers,
+      text_heads=m.text_heads,
+      text_max_len=m.text_max_len,
+      embedding_null=m.embedding_null,
       dtype=jnp.dtype(m.dtype))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfg_jax import data, diffusion
+from cfg_jax import conditioning, data, diffusion
 
 
 @flax.struct.dataclass
@@ -56,10 +56,26 @@ def log_loss_weight(logsnr, *, weighting, prediction, gamma=5.0, sigma_data=0.5)
   raise ValueError(f'unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}')
 
 
-def drop_labels(rng, labels, p_uncond, null_label):
-  """Replaces each label by the null label ∅ with probability p_uncond, independently."""
-  drop = jax.random.bernoulli(rng, p_uncond, labels.shape)
-  return jnp.where(drop, null_label, labels)
+def _drop(rng, cond, null, p):
+  """Each example's whole `cond` (an array or a pytree of (B, ...) leaves) replaced by its
+  `null` with probability p, independently."""
+  b = conditioning.batch_size(cond)
+  drop = jax.random.bernoulli(rng, p, (b,))
+  return jax.tree.map(lambda c, n: jnp.where(drop.reshape((b,) + (1,) * (c.ndim - 1)), n, c),
+                      cond, null)
+
+
+def drop_condition(rng, cond, p_uncond, null):
+  """Algorithm 1's dropout: replaces each example's condition by ∅ with probability p_uncond.
+
+  cond: (B,) labels with p_uncond a float and null their ∅ (cfg_jax.conditioning), or a dict of
+  kinds with p_uncond a dict of the same keys: each kind is dropped independently with its own
+  probability (as SD3 drops each text encoder), so every kind is absent at its intended rate.
+  """
+  if not isinstance(cond, dict):
+    return _drop(rng, cond, null, p_uncond)
+  keys = dict(zip(sorted(cond), jax.random.split(rng, len(cond))))
+  return {kind: _drop(keys[kind], cond[kind], null[kind], p_uncond[kind]) for kind in cond}
 
 
 def ema_decay(step, decay, power=0.0):
@@ -82,7 +98,8 @@ def step_rng(seed, step):
 
 def loss_fn(params, model, images, labels, rng, config, *, train=True):
   """‖ε_θ(z_λ, c) − ε‖² (or the v-loss), weighted per example by `config.train.loss_weighting`
-  ('none': the paper's plain loss), averaged over pixels and batch; labels already dropped."""
+  ('none': the paper's plain loss), averaged over pixels and batch; `labels`: the condition
+  (cfg_jax.conditioning), already dropped."""
   rng_u, rng_eps, rng_dropout = jax.random.split(rng, 3)
   d, t = config.diffusion, config.train
   x = data.to_model_range(images, config.data.pad_to)
@@ -103,7 +120,7 @@ def loss_fn(params, model, images, labels, rng, config, *, train=True):
 def init_state(model, tx, config, rng):
   size, ch = config.data.pad_to or config.data.image_size, config.data.channels
   z = jnp.zeros((1, size, size, ch), jnp.float32)
-  params = model.init(rng, z, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))['params']
+  params = model.init(rng, z, jnp.zeros((1,)), conditioning.example(config))['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
@@ -111,7 +128,9 @@ def init_state(model, tx, config, rng):
 def train_step(state, batch, *, model, tx, schedule, config):
   """One step of Algorithm 1. A non-finite loss, gradient or update leaves the state unchanged."""
   rng_drop, rng_loss = jax.random.split(step_rng(config.seed, state.step))
-  labels = drop_labels(rng_drop, batch['label'], config.train.p_uncond, config.data.num_classes)
+  cond = conditioning.from_batch(batch, config.condition.kinds)
+  labels = drop_condition(rng_drop, cond, conditioning.p_uncond(config),
+                          conditioning.null_like(cond, config.data.num_classes))
   loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch['image'], labels,
                                             rng_loss, config)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -5,9 +5,11 @@ count, w (and every guidance parameter), labels and seed are traced values, so o
 program serves them all; only `shape`, `method`, `clip`, the grid and which guidance pieces are
 on (`guidance.Guidance`) are static.
 
-One network call per step: each example's conditional and null-label copies are interleaved
+One network call per step: each example's conditional and null copies are interleaved
 (rows 2i and 2i + 1 of a 2B batch), so a batch sharded over devices keeps each pair on one
-device and guidance needs no communication. With `w=None` only the B conditional rows run, and
+device and guidance needs no communication. The condition may be any pytree of (B, ...) leaves
+(class labels, tokens, embeddings: cfg_jax.conditioning); its null (∅, or a negative prompt)
+has the same structure and is paired leaf by leaf. With `w=None` only the B conditional rows run, and
 with a guidance interval so do the steps where no example of the batch is inside it (that
 decision, `any` over a batch sharded across devices, is the one collective: a boolean per step).
 """
@@ -84,13 +86,31 @@ def _noise(keys, t, shape):
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, t), shape))(keys)
 
 
+def interleave(cond, null):
+  """(cond_0, null_0, cond_1, null_1, …): every leaf of `cond` (B, ...) with the matching leaf
+  of `null` (the same shape, or anything that broadcasts to it), as 2B rows."""
+  def pair(c, n):
+    n = jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape)
+    return jnp.stack([c, n], 1).reshape((2 * c.shape[0],) + c.shape[1:])
+  return jax.tree.map(pair, cond, null)
+
+
+def _as_condition(labels):
+  """Labels (any array-like of ints) as int32; a dict of condition kinds as arrays."""
+  if isinstance(labels, dict):
+    return jax.tree.map(jnp.asarray, labels)
+  return jnp.asarray(labels, jnp.int32)
+
+
 def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestral', v=0.3,
            clip=True, indices=None, grid='cosine', logsnr_min=diffusion.LOGSNR_MIN,
            logsnr_max=diffusion.LOGSNR_MAX, rho=7.0):
   """Draws one sample per label; returns x̃ at the grid's last λ, shape (B, *shape), float32.
 
-  eps_fn(z, logsnr, labels) -> ε for a batch (any jittable denoiser); `null_label` is the
-  label it treats as ∅. w: (B,) or scalar guidance strength (the paper's rule), a
+  eps_fn(z, logsnr, labels) -> ε for a batch (any jittable denoiser). labels: (B,) class labels,
+  or any condition pytree of (B, ...) leaves (cfg_jax.conditioning); `null_label`: what the
+  guided rule pairs them with, ∅ (the label eps_fn treats as null) or a negative condition: a
+  pytree like `labels`, its leaves (B, ...) per example or broadcasting to that. w: (B,) or scalar guidance strength (the paper's rule), a
   `guidance.Guidance` (variants), or None for no guidance (one B-row network call per step).
   rng: a key; sample i's noise comes from fold_in(rng, index_i), index_i = indices[i]
   (default i), so samples do not depend on batch size or devices.
@@ -101,13 +121,13 @@ def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestra
     raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(METHODS)}')
   if grid not in GRIDS:
     raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(GRIDS)}')
-  labels = jnp.asarray(labels, jnp.int32)
-  b = labels.shape[0]
+  labels = _as_condition(labels)
+  b = jax.tree.leaves(labels)[0].shape[0]
   indices = jnp.arange(b) if indices is None else indices
   keys = jax.vmap(functools.partial(jax.random.fold_in, rng))(indices)
   g = guidance.as_guidance(w)
   g = None if g is None else g.per_example(b)
-  pair_labels = jnp.stack([labels, jnp.full_like(labels, null_label)], 1).reshape(2 * b)
+  pair_labels = interleave(labels, null_label)
   lam = lambda t: jnp.full((b,), logsnr_grid(t, jnp.asarray(steps), grid=grid, rho=rho,
                                              logsnr_min=logsnr_min, logsnr_max=logsnr_max))
 

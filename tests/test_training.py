@@ -14,7 +14,7 @@ from conftest import tiny_config
 def test_drop_labels_rate_within_binomial_error(p):
   n = 200_000
   labels = jnp.zeros((n,), jnp.int32) + 3
-  out = np.asarray(objective.drop_labels(jax.random.key(0), labels, p, 10))
+  out = np.asarray(objective.drop_condition(jax.random.key(0), labels, p, 10))
   dropped = np.mean(out == 10)
   assert abs(dropped - p) < 5 * np.sqrt(p * (1 - p) / n)
   assert set(np.unique(out)) == {3, 10}
@@ -22,8 +22,8 @@ def test_drop_labels_rate_within_binomial_error(p):
 
 def test_drop_labels_extremes():
   labels = jnp.arange(1000) % 10
-  np.testing.assert_array_equal(objective.drop_labels(jax.random.key(1), labels, 0.0, 10), labels)
-  assert np.all(np.asarray(objective.drop_labels(jax.random.key(1), labels, 1.0, 10)) == 10)
+  np.testing.assert_array_equal(objective.drop_condition(jax.random.key(1), labels, 0.0, 10), labels)
+  assert np.all(np.asarray(objective.drop_condition(jax.random.key(1), labels, 1.0, 10)) == 10)
 
 
 @pytest.fixture(scope='module')
