@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfg_jax import tokenizer
+from cfg_jax import captions, data, tokenizer
 
 KINDS = ('label', 'text', 'embedding')
 
@@ -82,3 +82,45 @@ def example(config, batch_size=1):
 def batch_size(cond):
   """B, the leading dimension every leaf of a condition shares."""
   return jax.tree.leaves(cond)[0].shape[0]
+
+
+def _images(source):
+  return source.images if isinstance(source, data.ArraySource) else np.stack(
+      [source[i]['image'] for i in range(len(source))])
+
+
+def annotator(config, source):
+  """The input pipeline's `annotate(example, index, epoch)` for `config`'s kinds: for 'text',
+  the tokens of a caption of the example (cfg_jax.captions; attribute terciles from `source`,
+  the training split), a pure function of (config.seed, index, epoch). None if nothing is
+  added; an 'embedding' source is checked against the config instead."""
+  kinds = tuple(config.condition.kinds)
+  if 'embedding' in kinds:
+    check_embeddings(source, config)
+  if 'text' not in kinds:
+    return None
+  values = captions.measures(_images(source))
+  labels = np.asarray([source[i]['label'] for i in range(len(source))]) if not isinstance(
+      source, data.ArraySource) else source.labels
+  captioner = captions.Captioner(values, labels, captions.thresholds(values), config.seed)
+  max_len = config.model.text_max_len
+
+  def annotate(example, index, epoch):
+    return {**example, 'tokens': tokenizer.encode([captioner(index, epoch)], max_len)[0]}
+  return annotate
+
+
+def check_embeddings(source, config):
+  """The data set's `embeddings` (N, L, D) and `mask` (N, L) columns fit the config."""
+  c = config.condition
+  example = source[0]
+  missing = [k for k in ('embeddings', 'mask') if k not in example]
+  if missing:
+    raise data.DataError(f"condition.kinds has 'embedding' but the data set has no "
+                         f"{missing[0]!r} column; an npz data set needs embeddings (N, L, D) "
+                         f"and mask (N, L) beside images and labels (README)")
+  shape, mask = np.shape(example['embeddings']), np.shape(example['mask'])
+  if shape != (c.embedding_len, c.embedding_dim) or mask != shape[:1]:
+    raise data.DataError(f'the data set\'s embeddings are {shape} per example with a mask of '
+                         f'{mask}; the config says ({c.embedding_len}, {c.embedding_dim}): set '
+                         f'config.condition.embedding_len and embedding_dim')

@@ -1,4 +1,5 @@
-"""Image-classification data: Fashion-MNIST from its idx files, or any TFDS data set by name.
+"""Image-classification data: Fashion-MNIST from its idx files, any TFDS data set by name, or
+npz files of images, labels and further per-example columns (e.g. precomputed text embeddings).
 
 Batches are a pure function of (seed, step): grain shuffles a random-access source with a fresh
 permutation per epoch, and the global batch at step s is elements [s·B, (s+1)·B) of that stream.
@@ -10,6 +11,7 @@ import dataclasses
 import gzip
 import math
 import os
+import zipfile
 import zlib
 
 import grain
@@ -42,12 +44,14 @@ class ArraySource:
   """A random-access source over in-memory arrays (grain reads it by index)."""
   images: np.ndarray   # (N, H, W, C) uint8
   labels: np.ndarray   # (N,) int32
+  columns: dict = dataclasses.field(default_factory=dict)   # further (N, ...) arrays by name
 
   def __len__(self):
     return len(self.labels)
 
   def __getitem__(self, i):
-    return {'image': self.images[i], 'label': self.labels[i]}
+    return {'image': self.images[i], 'label': self.labels[i],
+            **{name: column[i] for name, column in self.columns.items()}}
 
 
 def _read_idx(path, ndim):
@@ -91,6 +95,35 @@ def load_fashion_mnist(split, directory=''):
   return ArraySource(images[..., None], labels.astype(np.int32))
 
 
+NPZ_COLUMNS = {'images': 'image', 'labels': 'label'}   # file's name: batch key
+
+
+def load_npz(split, directory):
+  """DIRECTORY/SPLIT.npz: `images` (N, H, W, C) uint8 and `labels` (N,) int, plus any further
+  (N, ...) columns, which reach the batches under their own names (e.g. `embeddings` (N, L, D)
+  and `mask` (N, L) for precomputed text embeddings)."""
+  path = os.path.join(directory, f'{split}.npz')
+  if not os.path.exists(path):
+    raise DataNotFoundError(f'{path} not found: an npz data set is a folder of SPLIT.npz files '
+                            f'with images (N, H, W, C) uint8, labels (N,) and any further '
+                            f'columns; set --config.data.dir to it')
+  try:
+    with np.load(path) as f:
+      arrays = {name: f[name] for name in f.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise DataError(f'{path} cannot be read ({e})') from None
+  missing = [k for k in NPZ_COLUMNS if k not in arrays]
+  if missing:
+    raise DataError(f'{path} has no {missing[0]} array (it holds {", ".join(sorted(arrays))})')
+  images, labels = arrays.pop('images'), arrays.pop('labels').astype(np.int32)
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise DataError(f'{path}: images must be (N, H, W, C) uint8, got {images.shape} {images.dtype}')
+  for name, column in {'labels': labels, **arrays}.items():
+    if len(column) != len(images):
+      raise DataError(f'{path}: {name} has {len(column):,} rows, images {len(images):,}')
+  return ArraySource(images, labels, arrays)
+
+
 class _TfdsSource:
   """A TFDS random-access source reduced to {'image', 'label'} (no TensorFlow needed)."""
 
@@ -120,7 +153,9 @@ def load_tfds(name, split, data_dir=''):
 
 def load_source(data_config, split):
   """The random-access source for `split` of `data_config.name`, checked against the config."""
-  if data_config.name == 'fashion_mnist':
+  if data_config.name == 'npz':
+    source = load_npz(split, data_config.dir)
+  elif data_config.name == 'fashion_mnist':
     try:
       source = load_fashion_mnist(split, data_config.dir)
     except DataNotFoundError as idx_error:
@@ -157,14 +192,24 @@ def check_labels(labels, num_classes):
                     f'config.data.num_classes')
 
 
-def batches(source, *, seed, global_batch_size, start_step=0, num_threads=4):
-  """Iterator over this process's slices of the global batches, from `start_step` on."""
+def batches(source, *, seed, global_batch_size, start_step=0, num_threads=4, annotate=None):
+  """Iterator over this process's slices of the global batches, from `start_step` on.
+
+  annotate(example, index, epoch) -> example: a pure function of the example, its index in
+  `source` and the epoch, applied in the input pipeline (e.g. a caption and its tokens).
+  """
   n_proc, proc = jax.process_count(), jax.process_index()
   local = global_batch_size // n_proc
-  ds = (grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(None)
-        .batch(local, drop_remainder=True))
+  ds = grain.MapDataset.source(source)
+  if annotate is not None:
+    n = len(source)
+    ds = (ds.map_with_index(lambda i, ex: (i, ex))
+          .shuffle(seed=seed)
+          .repeat(None)
+          .map_with_index(lambda p, ie: annotate(ie[1], ie[0], p // n)))
+  else:
+    ds = ds.shuffle(seed=seed).repeat(None)
+  ds = ds.batch(local, drop_remainder=True)
   ds = ds[start_step * n_proc + proc::n_proc]
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
   return iter(ds.to_iter_dataset(options))

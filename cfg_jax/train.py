@@ -18,8 +18,8 @@ import tensorboardX
 import tqdm
 from etils import epath
 
-from cfg_jax import checkpoint, config_lib, data, inference, model as model_lib, runtime, sharding
-from cfg_jax import objective, visualize, workdir_lock
+from cfg_jax import captions, checkpoint, conditioning, config_lib, data, inference
+from cfg_jax import model as model_lib, objective, runtime, sharding, visualize, workdir_lock
 
 log = logging.getLogger('cfg_jax')
 
@@ -71,17 +71,22 @@ def _log_metrics(writer, step, metrics, bar):
 
 
 def write_guidance_grid(pipe, params, workdir, step):
-  """Samples config.sample.per_class images per class at each w of config.sample.guidance."""
+  """Samples config.sample.per_class images per class at each w of config.sample.guidance
+  (text models: for each class's plainest prompt, "a t-shirt", …)."""
   s, k = pipe.config.sample, pipe.num_classes
   ws = np.asarray(s.guidance, np.float32)
   labels = np.tile(np.repeat(np.arange(k), s.per_class), len(ws))
+  kinds = pipe.config.condition.kinds
+  prompts = captions.class_prompts(labels) if 'text' in kinds else None
   pipe.set_params(params)
-  x = pipe.sample(labels, np.repeat(ws, k * s.per_class), seed=0)
+  x = pipe.sample(labels if 'label' in kinds else None, np.repeat(ws, k * s.per_class),
+                  prompts=prompts, seed=0)
   if jax.process_index() == 0:
     path = epath.Path(workdir) / 'samples' / f'grid_{step:07d}.png'
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open('wb') as f:
       visualize.guidance_grid(x.reshape((len(ws), k, s.per_class) + x.shape[1:]), ws,
+                              captions.class_prompts(range(k)) if prompts else
                               visualize.class_names(pipe.config), f,
                               f'step {step}, EMA, {s.method} {s.steps} steps')
     log.info('wrote %s', path)
@@ -123,6 +128,7 @@ def _train(config, workdir, stop):
 
   # --- Data (before compiling, so that a missing data set fails fast) -----------------------
   source = data.load_source(config.data, config.data.train_split)
+  annotate = conditioning.annotator(config, source)   # captions for text conditioning
 
   # --- Model, optimizer, compiled step ----------------------------------------------------
   model, init, train_step, abstract_state = build(config, mesh)
@@ -138,7 +144,8 @@ def _train(config, workdir, stop):
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info('%s params on mesh %s; steps %d -> %d', f'{n_params:,}', dict(mesh.shape), start, t.num_steps)
   batches = data.batches(source, seed=config.seed, global_batch_size=t.batch_size,
-                         start_step=start, num_threads=config.data.num_threads)
+                         start_step=start, num_threads=config.data.num_threads,
+                         annotate=annotate)
 
   # --- Loop -------------------------------------------------------------------------------
   writer = None  # opened at the first log, so that a run failing before it writes nothing
@@ -188,7 +195,7 @@ def _train(config, workdir, stop):
         log.warning('%s: saved a checkpoint at step %d in %s and stopped', stop.received, done,
                     workdir)
         break
-      if config.sample.per_class and (
+      if config.sample.per_class and 'embedding' not in config.condition.kinds and (
           (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):
         pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
