@@ -92,7 +92,7 @@ def main(argv):
   runtime.setup(cpu_devices=cli.CPU_DEVICES.value)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cfg_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from cfg_jax import captions, sharding, tokenizer, train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   if _BATCH.value:
@@ -104,6 +104,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   host_batch = {'image': rng.integers(0, 256, (b, size, size, ch), dtype=np.uint8),
                 'label': rng.integers(0, config.data.num_classes, (b,), dtype=np.int32)}
+  if 'text' in config.condition.kinds:   # the cost does not depend on the words
+    host_batch['tokens'] = tokenizer.encode(captions.class_prompts(host_batch['label']),
+                                            config.model.text_max_len)
   batch = sharding.global_batch(host_batch, mesh)
 
   t0 = time.perf_counter()

@@ -24,7 +24,7 @@ def encode(texts, max_len):
     raw = np.frombuffer(text.encode('utf-8'), np.uint8)
     if len(raw) > max_len - 1:
       raise PromptTooLongError(f'prompt {text!r} has {len(raw)} bytes; this model reads at most '
-                               f'{max_len - 1}')
+                               f'{max_len - 1}; shorten it')
     tokens[i, 1:1 + len(raw)] = raw.astype(np.int32) + OFFSET
   return tokens
 

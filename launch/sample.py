@@ -3,14 +3,20 @@
   python launch/sample.py --workdir=workdirs/fmnist --guidance=0,0.3,1,4 --per_class=8 \
       --steps=64 --sampler=ancestral --out=workdirs/fmnist/samples [--step=2000]
   python launch/sample.py --workdir=workdirs/fmnist --guidance=2 --interval_sigma=0.28,1.61
+  python launch/sample.py --workdir=workdirs/fmnist_text --guidance=0,1,3 \
+      --prompt="a dark ankle boot" --prompt="a wide pale coat" --negative_prompt=textured
 
 Without --guidance: the w a sweep chose for the checkpoint (launch/evaluate.py --choose), else
 the config's sample.guidance; without --per_class the config's sample.per_class (the tiny
 config's grid is as small as its model). Guidance variants and the time grid: --guidance_rule,
 --interval, --rescale, --threshold, --apg_*, --w_schedule, --grid (README, "Guidance variants").
 
-Writes OUT/grid.png (rows = classes, column blocks = w; at most 16 samples per class and w)
-and OUT/samples.npz (images in [−1, 1], labels, w). The whole sweep (every w, every class) runs
+A text-conditioned model (configs/fashion_mnist.py:text) samples each --prompt (default: the
+plainest prompt of each class, "a t-shirt", …); --negative_prompt takes the place of the empty
+prompt in the guided rule, ε̃ = (1 + w)·ε(z, c) − w·ε(z, c_neg).
+
+Writes OUT/grid.png (rows = classes or prompts, column blocks = w; at most 16 samples per row
+and w) and OUT/samples.npz (images in [−1, 1], labels, w; prompts for text models). The whole sweep (every w, every class) runs
 as batched calls of one compiled sampler; the images go to disk call by call, so a request
 larger than memory only needs the disk space, which is checked (with the size and the work)
 before the first call. OUT is checked to be writable before anything is computed.
@@ -30,13 +36,18 @@ _GUIDANCE = flags.DEFINE_list('guidance', None, 'Values of w (paper convention; 
                               "chosen for this checkpoint by a sweep, else the config's "
                               'sample.guidance).')
 _PER_CLASS = flags.DEFINE_integer('per_class', None,
-                                  "Samples per class and w (default: the config's sample.per_class).")
+                                  "Samples per class (or prompt) and w (default: the config's "
+                                  'sample.per_class).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
 _SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v in [0, 1] '
                         '(default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (>= 0).')
 _CLASSES = flags.DEFINE_list('classes', None, 'Class indices (default: all).')
+_PROMPT = flags.DEFINE_multi_string('prompt', None, 'Text models: a prompt (repeat the flag for '
+                                    'more; default: each class\'s plainest prompt).')
+_NEGATIVE = flags.DEFINE_string('negative_prompt', None, 'Text models: the prompt guidance '
+                                'steers away from, in place of the empty prompt.')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/samples).')
 flags.mark_flags_as_required(['workdir'])
@@ -84,6 +95,8 @@ def _check_flags():
   cli.require(_V.value is None or 0.0 <= _V.value <= 1.0,
               f'--variance_v must lie in [0, 1], got {_V.value}')
   cli.require(_STEP.value is None or _STEP.value >= 0, f'--step must be >= 0, got {_STEP.value}')
+  cli.require(not _PROMPT.value or all(p.strip() for p in _PROMPT.value),
+              '--prompt must not be empty (leave it out for each class\'s plainest prompt)')
   try:
     classes = [int(c) for c in _CLASSES.value] if _CLASSES.value else None
   except ValueError:
@@ -95,6 +108,28 @@ def _check_flags():
   cli.require(os.path.isdir(_WORKDIR.value),
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
   return ws, classes, settings
+
+
+def _prompts(pipe, classes):
+  """The prompts of the rows: --prompt, else each class's plainest; None for a model without
+  text (where --prompt and --negative_prompt are mistakes)."""
+  from cfg_jax import captions, tokenizer  # pylint: disable=g-import-not-at-top
+  kinds = pipe.config.condition.kinds
+  cli.require('embedding' not in kinds, 'this model is conditioned on precomputed embeddings, '
+              'which launch/sample.py cannot make; sample it with cfg_jax.load(...).sample('
+              'embeddings=(values, mask))')
+  if 'text' not in kinds:
+    cli.require(not _PROMPT.value and _NEGATIVE.value is None,
+                '--prompt and --negative_prompt need a text-conditioned model (e.g. '
+                'configs/fashion_mnist.py:text); this one is conditioned on class labels')
+    return None
+  prompts = list(_PROMPT.value) if _PROMPT.value else captions.class_prompts(
+      range(pipe.num_classes) if classes is None else classes)
+  try:   # too long for the model: say so before any work
+    tokenizer.encode(prompts + [_NEGATIVE.value or ''], pipe.config.model.text_max_len)
+  except tokenizer.PromptTooLongError as e:
+    cli.fail(str(e))
+  return prompts
 
 
 def main(argv):
@@ -116,8 +151,15 @@ def main(argv):
   except checkpoint.CheckpointError as e:
     cli.fail(str(e))
   k = pipe.num_classes
+  prompts = _prompts(pipe, classes)
   classes = list(range(k)) if classes is None else classes
   cli.require(all(0 <= c < k for c in classes), f'--classes must lie in [0, {k}), got {classes}')
+  kinds = pipe.config.condition.kinds
+  if prompts is not None and 'label' not in kinds:
+    classes = list(range(len(prompts)))   # rows are prompts; `labels` only numbers them
+  cli.require(prompts is None or len(prompts) == len(classes),
+              f'{len(prompts or ())} prompts for {len(classes)} classes: a model conditioned on '
+              'labels and text needs one --classes entry per --prompt')
 
   # One flat batch over (w, class, repeat): every w in the same compiled calls. Without --guidance:
   # the w a sweep chose for this checkpoint (with its settings), else the config's grid of w.
@@ -129,7 +171,8 @@ def main(argv):
   steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
-  print(f'{total:,} samples ({len(ws)} w x {len(classes)} classes x {n}), {steps} {method} steps '
+  print(f'{total:,} samples ({len(ws)} w x {len(classes)} {"prompts" if prompts else "classes"} '
+        f'x {n}), {steps} {method} steps '
         f'each: {2 * total * steps:,} network rows; samples.npz up to {size / 2**20:,.0f} MiB')
   if cli.is_main_process():
     free = shutil.disk_usage(existing).free
@@ -137,6 +180,7 @@ def main(argv):
                 f'which has {free / 2**30:.1f} GiB free; lower --per_class or choose another --out')
   w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
   labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
+  row_prompts = None if prompts is None else np.tile(np.repeat(np.asarray(prompts), n), len(ws))
   if cli.is_main_process():
     os.makedirs(out, exist_ok=True)
   writer = _NpzStream(os.path.join(out, 'samples.npz'), (total,) + pipe.shape) \
@@ -147,7 +191,9 @@ def main(argv):
   try:
     for start in tqdm.trange(0, total, chunk, desc='sample', unit='call'):
       stop = min(start + chunk, total)
-      x = pipe.sample(labels[start:stop], w[start:stop], steps=steps, method=method, v=_V.value,
+      x = pipe.sample(labels[start:stop] if 'label' in kinds else None, w[start:stop],
+                      prompts=None if prompts is None else row_prompts[start:stop].tolist(),
+                      negative_prompts=_NEGATIVE.value, steps=steps, method=method, v=_V.value,
                       seed=_SEED.value, batch_size=chunk, first_index=start, **settings)
       if writer:
         writer.write(x)
@@ -160,12 +206,13 @@ def main(argv):
     raise
   if not writer:
     return
-  writer.close(labels=labels, w=w)
+  writer.close(labels=labels, w=w, **({} if prompts is None else {'prompts': row_prompts}))
   names = visualize.class_names(pipe.config)
-  title = f'{method}, {steps} steps, seed {_SEED.value}; ε̃ = (1+w)·ε(z,c) − w·ε(z,∅)'
+  null = '∅' if _NEGATIVE.value is None else f'"{_NEGATIVE.value}"'
+  title = f'{method}, {steps} steps, seed {_SEED.value}; ε̃ = (1+w)·ε(z,c) − w·ε(z,{null})'
   grid = np.concatenate(grid).reshape((len(ws), len(classes), shown) + pipe.shape)
-  visualize.guidance_grid(grid, ws, [names[c] for c in classes], os.path.join(out, 'grid.png'),
-                          title)
+  rows = prompts if prompts is not None else [names[c] for c in classes]
+  visualize.guidance_grid(grid, ws, rows, os.path.join(out, 'grid.png'), title)
   print(f'wrote {out}/grid.png and {out}/samples.npz ({total} samples)')
 
 
