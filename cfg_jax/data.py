@@ -203,7 +203,7 @@ def batches(source, *, seed, global_batch_size, start_step=0, num_threads=4, ann
   ds = grain.MapDataset.source(source)
   if annotate is not None:
     n = len(source)
-    ds = (ds.map_with_index(lambda i, ex: (i, ex))
+    ds = (ds.map_with_index(lambda i, ex: (i % n, ex))   # grain passes indices past len
           .shuffle(seed=seed)
           .repeat(None)
           .map_with_index(lambda p, ie: annotate(ie[1], ie[0], p // n)))
