@@ -172,6 +172,21 @@ def attribute_agreement(images, requested, cuts):
   return out
 
 
+def level_shares(images, cuts):
+  """{attribute: (share LOW, share MIDDLE, share HIGH)} of uint8 `images`."""
+  return {a: tuple(float(np.mean(v == level)) for level in (LOW, MIDDLE, HIGH))
+          for a, v in levels(measures(images), cuts).items()}
+
+
+def attribute_of(word):
+  """(attribute, LOW or HIGH) that `word` names, e.g. 'dark' -> ('brightness', LOW); None if
+  no attribute has it."""
+  for a, (_, low, high) in ATTRIBUTES.items():
+    if word in low or word in high:
+      return a, LOW if word in low else HIGH
+  return None
+
+
 def class_prompts(labels):
   """The plainest prompt for each class label: "a t-shirt", "an ankle boot", …"""
   return [f'{_article(CLASS_WORDS[c][0])} {CLASS_WORDS[c][0]}' for c in np.asarray(labels).tolist()]

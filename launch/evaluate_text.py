@@ -1,0 +1,157 @@
+"""How well a text-conditioned model follows prompts it was never trained on, across w.
+
+  python launch/evaluate_text.py --workdir=workdirs/fmnist_text --guidance=0,0.3,1,2,4 \\
+      --num_samples=1000 --out=workdirs/fmnist_text/eval_text
+
+Prompts: captions of N class-balanced test images in the held-out templates (cfg_jax.captions;
+e.g. "this boot is dark and narrow"), so they ask for attribute combinations that occur. For each
+w, N samples (sample i uses the same noise at every w) are scored by
+  class agreement   the reference classifier's label equals the prompt's class;
+  attribute agreement, per attribute: among samples whose prompt named it, the share whose
+                    measured level (the same functions and training-set terciles the captions
+                    came from) is the one named;
+  FD-clf            Fréchet distance in the classifier's features to the real test split.
+Then the negative prompt: the plainest class prompts ("a coat") at each w > 0, without and with
+--negative (default "dark"), and the share of samples at the level that word names.
+Writes OUT/metrics.json and prints both tables.
+"""
+import os
+
+from absl import flags
+
+from cfg_jax import cli
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Trained text-conditioned workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_GUIDANCE = flags.DEFINE_list('guidance', ['0', '0.3', '1', '2', '4'], 'Values of w.')
+_NUM = flags.DEFINE_integer('num_samples', 1000, 'Samples per w (classes balanced).')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
+_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Noise and prompt seed.')
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
+_NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, light, narrow, '
+                                'wide, smooth, textured, …) for the negative-prompt test; '
+                                '"" skips it.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval_text).')
+_CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
+                                  '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
+flags.mark_flags_as_required(['workdir'])
+
+
+def _check_flags():
+  from cfg_jax import captions  # pylint: disable=g-import-not-at-top
+  ws = cli.guidance_values(_GUIDANCE.value)
+  cli.require(_NUM.value >= 20, f'--num_samples must be >= 20, got {_NUM.value}')
+  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
+  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
+  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
+  cli.require(not _NEGATIVE.value or captions.attribute_of(_NEGATIVE.value) is not None,
+              f'--negative={_NEGATIVE.value!r} names no attribute; use one of ' + ', '.join(
+                  w for _, low, high in captions.ATTRIBUTES.values() for w in low + high))
+  cli.require(os.path.isdir(_WORKDIR.value),
+              f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
+  return ws
+
+
+def main(argv):
+  del argv
+  ws = _check_flags()
+  cli.setup_runtime(single_process=True)
+  cli.quiet_logging()
+  import cfg_jax  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, sampling  # pylint: disable=g-import-not-at-top
+
+  cli.require(_SAMPLER.value is None or _SAMPLER.value in sampling.METHODS,
+              f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
+  out = _OUT.value or os.path.join(_WORKDIR.value, 'eval_text')
+  cli.check_writable(out, '--out')
+  try:
+    pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
+  except (checkpoint.CheckpointError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  cli.require(tuple(pipe.config.condition.kinds) == ('text',),
+              f'{_WORKDIR.value} is conditioned on {" + ".join(pipe.config.condition.kinds)}; '
+              'launch/evaluate_text.py scores text-only models (configs/fashion_mnist.py:text); '
+              'use launch/evaluate.py for class labels')
+  os.makedirs(out, exist_ok=True)
+  _evaluate(pipe, ws, out)
+
+
+def _evaluate(pipe, ws, out):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cfg_jax import captions, classifier, data, metrics  # pylint: disable=g-import-not-at-top
+  config, k = pipe.config, pipe.num_classes
+  s = config.sample
+  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
+  clf_dir = _CLASSIFIER.value or classifier.default_dir(config.data.name)
+  try:
+    extractor = classifier.ensure_extractor(clf_dir, config.data)
+    test_feats, _, _ = classifier.real_features(extractor, clf_dir, config.data,
+                                                config.data.eval_split)
+    train_images, _ = classifier.all_images(data.load_source(config.data, config.data.train_split))
+    test_images, test_labels = classifier.all_images(
+        data.load_source(config.data, config.data.eval_split))
+  except (data.DataError, ValueError, FileNotFoundError) as e:
+    cli.fail(str(e))
+  reference = metrics.Reference(test_feats, f'{config.data.name} {config.data.eval_split}')
+  cuts = captions.thresholds(captions.measures(train_images))
+  prompts, labels, requested = captions.heldout_prompts(test_images, test_labels, cuts,
+                                                        _NUM.value, _SEED.value)
+  n = len(prompts)
+
+  def draw(w, texts, negative=None):
+    """uint8 samples for `texts` at w (sample i: noise stream i of --seed at every w)."""
+    x = pipe.sample(prompts=texts, w=np.full(len(texts), w, np.float32),
+                    negative_prompts=negative, steps=steps, method=method, seed=_SEED.value,
+                    batch_size=_BATCH.value, progress=True)
+    return data.to_uint8(x)
+
+  rows = []
+  for w in ws:
+    images = draw(w, prompts)
+    features, logits = extractor(images.astype(np.float32) / 127.5 - 1.0)
+    agreement, _ = metrics.class_agreement(logits.argmax(-1), labels, k)
+    mu, sigma = metrics.feature_stats(features)
+    row = {'w': w, 'class_agreement': agreement,
+           'fd_clf': metrics.frechet_distance(mu, sigma, reference.mu, reference.sigma),
+           'num_samples': n}
+    for a, (share, count) in captions.attribute_agreement(images, requested, cuts).items():
+      row[f'{a}_agreement'], row[f'{a}_named'] = share, count
+    rows.append(row)
+    print(f'w = {w:g}: ' + ', '.join(f'{key} {value:.3f}' for key, value in row.items()
+                                     if isinstance(value, float) and key != 'w'), flush=True)
+
+  negative_rows = []
+  if _NEGATIVE.value:
+    attribute, level = captions.attribute_of(_NEGATIVE.value)
+    plain = captions.class_prompts(np.arange(n) % k)
+    for w in [w for w in ws if w != 0]:
+      shares = {name: captions.level_shares(draw(w, plain, negative), cuts)[attribute][level]
+                for name, negative in (('without', None), ('with', _NEGATIVE.value))}
+      negative_rows.append({'w': w, 'attribute': attribute, 'word': _NEGATIVE.value, **shares})
+
+  metrics.write_json(os.path.join(out, 'metrics.json'), {
+      'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
+                   'sampler': method, 'steps': steps, 'seed': _SEED.value, 'num_samples': n,
+                   'prompts': 'held-out templates (cfg_jax.captions.HELDOUT_TEMPLATES)',
+                   'thresholds': cuts, 'extractor': extractor.name,
+                   'reference': reference.name},
+      'rows': rows, 'negative_prompt': negative_rows, 'example_prompts': prompts[:20]})
+  attrs = list(captions.ATTRIBUTES)
+  print('\n| w | class agreement | ' + ' | '.join(f'{a} agreement (n)' for a in attrs)
+        + ' | FD-clf |')
+  print('|---' * (3 + len(attrs)) + '|')
+  for r in rows:
+    print(f'| {r["w"]:g} | {r["class_agreement"]:.3f} | ' + ' | '.join(
+        f'{r[a + "_agreement"]:.3f} ({r[a + "_named"]})' for a in attrs) + f' | {r["fd_clf"]:.3f} |')
+  if negative_rows:
+    word = _NEGATIVE.value
+    print(f'\nshare of samples measured "{word}" for the plain class prompts, without and with '
+          f'"{word}" as the negative prompt\n| w | without | with |\n|---|---|---|')
+    for r in negative_rows:
+      print(f'| {r["w"]:g} | {r["without"]:.3f} | {r["with"]:.3f} |')
+  print(f'wrote {out}/metrics.json')
+
+
+if __name__ == '__main__':
+  cli.run(main, 'nothing was written; rerun to evaluate again')
