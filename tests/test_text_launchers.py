@@ -1,0 +1,48 @@
+"""The launchers on a text-conditioned workdir: launch/sample.py with prompts and a negative
+prompt writes what one in-process call draws; mistakes cost one line and exit status 2."""
+import os
+
+import numpy as np
+import pytest
+
+import cfg_jax
+import launcher
+from cfg_jax import train
+from test_text_conditioning import _config
+
+
+@pytest.fixture(scope='module')
+def text_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('text') / 'run')
+  config = _config('tiny,text')
+  config.train.update(num_steps=2, checkpoint_every=2)
+  train.train(config, workdir)
+  return workdir
+
+
+def test_sample_launcher_draws_prompts_with_a_negative_prompt(text_workdir, tmp_path):
+  out = str(tmp_path / 'samples')
+  prompts = ['a dark ankle boot', 'this coat is wide']
+  proc = launcher.run_tool('sample.py', f'--workdir={text_workdir}', '--guidance=0,2',
+                           '--per_class=2', *[f'--prompt={p}' for p in prompts],
+                           '--negative_prompt=textured', '--cpu_devices=8', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '8 samples (2 w x 2 prompts x 2)' in proc.stdout
+  saved = np.load(os.path.join(out, 'samples.npz'))
+  want = [p for p in prompts for _ in range(2)] * 2
+  assert saved['prompts'].tolist() == want
+  pipe = cfg_jax.load(text_workdir)
+  x = pipe.sample(prompts=want, w=saved['w'], negative_prompts='textured')
+  np.testing.assert_allclose(saved['images'], x, atol=1e-5)
+  assert os.path.getsize(os.path.join(out, 'grid.png')) > 1000
+
+
+@pytest.mark.parametrize('tool,flags,message', [
+    ('sample.py', ['--prompt=' + 'x' * 70], "has 70 bytes; this model reads at most 63"),
+    ('sample.py', ['--prompt='], '--prompt must not be empty'),
+    ('evaluate_text.py', ['--negative=purple'], "--negative='purple' names no attribute"),
+])
+def test_text_launcher_mistakes_cost_one_line(text_workdir, tool, flags, message):
+  proc = launcher.run_tool(tool, f'--workdir={text_workdir}', *flags, '--cpu_devices=1')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr and 'Traceback' not in proc.stderr
