@@ -48,6 +48,13 @@ def _pool(n=200):
   return levels, rng.integers(0, 10, n)
 
 
+def _captioner(seed):
+  """A Captioner over `_pool`'s levels (given as measures cut at 0.5 and 1.5)."""
+  levels, labels = _pool()
+  return captions.Captioner({a: v.astype(float) for a, v in levels.items()}, labels,
+                            {a: (0.5, 1.5) for a in captions.ATTRIBUTES}, seed=seed)
+
+
 def test_captions_name_the_measured_levels_and_the_class():
   levels, labels = _pool()
   for i in range(200):
@@ -78,24 +85,14 @@ def test_every_caption_fits_the_text_config():
 
 
 def test_captioner_is_a_function_of_seed_index_epoch():
-  levels, labels = _pool()
-  images = np.zeros((200, 28, 28), np.uint8)        # levels are given, not measured here
-  cap = captions.Captioner({a: v.astype(float) for a, v in levels.items()}, labels,
-                           {a: (0.5, 1.5) for a in captions.ATTRIBUTES}, seed=3)
-  again = captions.Captioner({a: v.astype(float) for a, v in levels.items()}, labels,
-                             {a: (0.5, 1.5) for a in captions.ATTRIBUTES}, seed=3)
+  cap, again, other = _captioner(3), _captioner(3), _captioner(4)
   assert [cap(i, 2) for i in range(50)] == [again(i, 2) for i in range(50)]
   assert sum(cap(i, 0) != cap(i, 1) for i in range(50)) > 25     # epochs vary the wording
-  other = captions.Captioner({a: v.astype(float) for a, v in levels.items()}, labels,
-                             {a: (0.5, 1.5) for a in captions.ATTRIBUTES}, seed=4)
-  assert sum(cap(i, 0) != other(i, 0) for i in range(50)) > 25
-  del images
+  assert sum(cap(i, 0) != other(i, 0) for i in range(50)) > 25   # and so does the seed
 
 
 def test_heldout_templates_never_appear_in_training():
-  levels, labels = _pool()
-  cap = captions.Captioner({a: v.astype(float) for a, v in levels.items()}, labels,
-                           {a: (0.5, 1.5) for a in captions.ATTRIBUTES}, seed=0)
+  cap = _captioner(0)
   train = {cap(i, e) for i in range(200) for e in range(5)}
   assert not any(t.startswith('a grey shot of') or t.startswith('this ') for t in train)
   rng = np.random.default_rng(1)

@@ -46,3 +46,28 @@ def test_text_launcher_mistakes_cost_one_line(text_workdir, tool, flags, message
   proc = launcher.run_tool(tool, f'--workdir={text_workdir}', *flags, '--cpu_devices=1')
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_encode_captions_writes_an_npz_data_set_the_trainer_reads(tmp_path):
+  encoder = tmp_path / 'toy_encoder.py'
+  encoder.write_text('import numpy as np\n\n'
+                     'def encode(texts):\n'
+                     '  """(N, 4, 3): the caption\'s length; the mask covers len % 4 + 1."""\n'
+                     '  n = np.array([len(t) for t in texts], np.float32)\n'
+                     '  values = np.broadcast_to(n[:, None, None], (len(texts), 4, 3))\n'
+                     '  return values, np.arange(4)[None] <= (n[:, None] % 4)\n')
+  out = str(tmp_path / 'emb')
+  proc = launcher.run_tool('encode_captions.py', f'--encoder={encoder}:encode', f'--out={out}',
+                           '--max_examples=40', '--batch_size=16', '--cpu_devices=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '--config.condition.embedding_len=4 --config.condition.embedding_dim=3' in proc.stdout
+  from cfg_jax import data   # pylint: disable=g-import-not-at-top
+  source = data.load_npz('train', out)
+  texts = open(os.path.join(out, 'train_captions.txt'), encoding='utf-8').read().splitlines()
+  assert len(source) == len(texts) == 40
+  lengths = np.array([len(t) for t in texts], np.float32)
+  np.testing.assert_array_equal(source.columns['embeddings'][:, 0, 0], lengths)
+  np.testing.assert_array_equal(source.columns['mask'].sum(1), lengths % 4 + 1)
+  np.testing.assert_array_equal(source.images, data.load_fashion_mnist('train').images[:40])
+  proc = launcher.run_tool('encode_captions.py', '--encoder=nowhere.py:f', f'--out={out}')
+  assert proc.returncode == 2 and 'cannot load nowhere.py' in proc.stderr
