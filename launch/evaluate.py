@@ -96,6 +96,9 @@ def main(argv):
                  else checkpoint.manager(_WORKDIR.value, read_only=True).latest_step())
   except (checkpoint.CheckpointError, FileNotFoundError) as e:
     cli.fail(str(e))
+  cli.require(tuple(pipe.config.condition.kinds) == ('label',),
+              f'{_WORKDIR.value} is conditioned on {" + ".join(pipe.config.condition.kinds)}, '
+              'not class labels alone; evaluate text models with launch/evaluate_text.py')
   _check_size(pipe, ws)
   os.makedirs(out, exist_ok=True)
   try:
