@@ -11,8 +11,9 @@ w, N samples (sample i uses the same noise at every w) are scored by
                     measured level (the same functions and training-set terciles the captions
                     came from) is the one named;
   FD-clf            Fréchet distance in the classifier's features to the real test split.
-Then the negative prompt: the plainest class prompts ("a coat") at each w > 0, without and with
---negative (default "dark"), and the share of samples at the level that word names.
+Then the negative prompt: the plainest class prompts ("a coat") at each --negative_guidance w,
+without and with --negative (default "dark"), and the share of samples at the level that word
+names.
 Writes OUT/metrics.json and prints both tables.
 """
 import os
@@ -32,6 +33,8 @@ _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memo
 _NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, light, narrow, '
                                 'wide, smooth, textured, …) for the negative-prompt test; '
                                 '"" skips it.')
+_NEGATIVE_W = flags.DEFINE_list('negative_guidance', ['1', '4'], 'Values of w (> 0) for the '
+                                 'negative-prompt test.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval_text).')
 _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
                                   '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
@@ -41,6 +44,9 @@ flags.mark_flags_as_required(['workdir'])
 def _check_flags():
   from cfg_jax import captions  # pylint: disable=g-import-not-at-top
   ws = cli.guidance_values(_GUIDANCE.value)
+  negative_ws = cli.guidance_values(_NEGATIVE_W.value, '--negative_guidance')
+  cli.require(all(w > 0 for w in negative_ws), f'--negative_guidance must be > 0 (at w = 0 the '
+              f'negative prompt has no effect), got {",".join(_NEGATIVE_W.value)}')
   cli.require(_NUM.value >= 20, f'--num_samples must be >= 20, got {_NUM.value}')
   cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
   cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
@@ -50,12 +56,12 @@ def _check_flags():
                   w for _, low, high in captions.ATTRIBUTES.values() for w in low + high))
   cli.require(os.path.isdir(_WORKDIR.value),
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
-  return ws
+  return ws, negative_ws
 
 
 def main(argv):
   del argv
-  ws = _check_flags()
+  ws, negative_ws = _check_flags()
   cli.setup_runtime(single_process=True)
   cli.quiet_logging()
   import cfg_jax  # pylint: disable=g-import-not-at-top
@@ -74,10 +80,10 @@ def main(argv):
               'launch/evaluate_text.py scores text-only models (configs/fashion_mnist.py:text); '
               'use launch/evaluate.py for class labels')
   os.makedirs(out, exist_ok=True)
-  _evaluate(pipe, ws, out)
+  _evaluate(pipe, ws, negative_ws, out)
 
 
-def _evaluate(pipe, ws, out):
+def _evaluate(pipe, ws, negative_ws, out):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cfg_jax import captions, classifier, data, metrics  # pylint: disable=g-import-not-at-top
   config, k = pipe.config, pipe.num_classes
@@ -125,7 +131,7 @@ def _evaluate(pipe, ws, out):
   if _NEGATIVE.value:
     attribute, level = captions.attribute_of(_NEGATIVE.value)
     plain = captions.class_prompts(np.arange(n) % k)
-    for w in [w for w in ws if w != 0]:
+    for w in negative_ws:
       shares = {name: captions.level_shares(draw(w, plain, negative), cuts)[attribute][level]
                 for name, negative in (('without', None), ('with', _NEGATIVE.value))}
       negative_rows.append({'w': w, 'attribute': attribute, 'word': _NEGATIVE.value, **shares})
