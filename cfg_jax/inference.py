@@ -152,7 +152,8 @@ class Pipeline:
     null = jax.tree.map(np.asarray, conditioning.null_like(cond, self.num_classes))
     if negative_prompts is not None:
       n = conditioning.batch_size(cond)
-      negative = [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts)
+      negative = ([negative_prompts] * n if isinstance(negative_prompts, str)
+                  else list(negative_prompts))
       if len(negative) != n:
         raise ValueError(f'{len(negative)} negative prompts for {n} samples; give one or {n}')
       null['text'] = tokenizer.encode(negative, self.config.model.text_max_len)

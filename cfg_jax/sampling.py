@@ -9,9 +9,10 @@ One network call per step: each example's conditional and null copies are interl
 (rows 2i and 2i + 1 of a 2B batch), so a batch sharded over devices keeps each pair on one
 device and guidance needs no communication. The condition may be any pytree of (B, ...) leaves
 (class labels, tokens, embeddings: cfg_jax.conditioning); its null (∅, or a negative prompt)
-has the same structure and is paired leaf by leaf. With `w=None` only the B conditional rows run, and
-with a guidance interval so do the steps where no example of the batch is inside it (that
-decision, `any` over a batch sharded across devices, is the one collective: a boolean per step).
+has the same structure and is paired leaf by leaf. With `w=None` only the B conditional rows
+run, and with a guidance interval so do the steps where no example of the batch is inside it
+(that decision, `any` over a batch sharded across devices, is the one collective: a boolean per
+step).
 """
 import functools
 
@@ -110,8 +111,9 @@ def sample(eps_fn, labels, w, rng, *, shape, null_label, steps, method='ancestra
   eps_fn(z, logsnr, labels) -> ε for a batch (any jittable denoiser). labels: (B,) class labels,
   or any condition pytree of (B, ...) leaves (cfg_jax.conditioning); `null_label`: what the
   guided rule pairs them with, ∅ (the label eps_fn treats as null) or a negative condition: a
-  pytree like `labels`, its leaves (B, ...) per example or broadcasting to that. w: (B,) or scalar guidance strength (the paper's rule), a
-  `guidance.Guidance` (variants), or None for no guidance (one B-row network call per step).
+  pytree like `labels`, its leaves (B, ...) per example or broadcasting to that.
+  w: (B,) or scalar guidance strength (the paper's rule), a `guidance.Guidance` (variants), or
+  None for no guidance (one B-row network call per step).
   rng: a key; sample i's noise comes from fold_in(rng, index_i), index_i = indices[i]
   (default i), so samples do not depend on batch size or devices.
   grid, logsnr_min, logsnr_max, rho: the time grid (`logsnr_grid`); the paper's is 'cosine'

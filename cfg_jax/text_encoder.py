@@ -26,6 +26,7 @@ class TextEncoder(nn.Module):
       y = nn.LayerNorm(dtype=self.dtype)(x)
       x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype)(y, mask=keys)
       y = nn.LayerNorm(dtype=self.dtype)(x)
-      y = nn.Dense(self.width, dtype=self.dtype)(nn.gelu(nn.Dense(4 * self.width, dtype=self.dtype)(y)))
+      y = nn.gelu(nn.Dense(4 * self.width, dtype=self.dtype)(y))
+      y = nn.Dense(self.width, dtype=self.dtype)(y)
       x = x + y
     return nn.LayerNorm(dtype=self.dtype)(x), mask

@@ -87,7 +87,8 @@ def main(argv):
   import tqdm  # pylint: disable=g-import-not-at-top
   from cfg_jax import captions, data  # pylint: disable=g-import-not-at-top
 
-  encode = _user_encoder(_ENCODER.value) if _ENCODER.value else _workdir_encoder(_TEXT_WORKDIR.value)
+  encode = (_user_encoder(_ENCODER.value) if _ENCODER.value
+            else _workdir_encoder(_TEXT_WORKDIR.value))
   try:
     splits = {split: data.load_fashion_mnist(split) for split in ('train', 'test')}
   except data.DataError as e:
@@ -101,12 +102,12 @@ def main(argv):
     texts = [captioner(i, 0) for i in range(n)]
     values, masks = [], []
     for start in tqdm.trange(0, n, _BATCH.value, desc=f'encode {split}', unit='batch'):
-      v, m = encode(texts[start:start + _BATCH.value])
+      chunk = texts[start:start + _BATCH.value]
+      v, m = encode(chunk)
       v, m = np.asarray(v), np.asarray(m, bool)
-      cli.require(v.ndim == 3 and m.shape == v.shape[:2] and len(v) == len(texts[start:start + _BATCH.value]),
+      cli.require(v.ndim == 3 and m.shape == v.shape[:2] and len(v) == len(chunk),
                   f'the encoder returned embeddings {v.shape} and mask {m.shape} for '
-                  f'{len(texts[start:start + _BATCH.value])} captions; it must return (N, L, D) '
-                  'and (N, L)')
+                  f'{len(chunk)} captions; it must return (N, L, D) and (N, L)')
       values.append(v.astype(np.float16))
       masks.append(m)
     values, masks = np.concatenate(values), np.concatenate(masks)

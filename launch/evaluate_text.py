@@ -48,7 +48,8 @@ def _check_flags():
   cli.require(all(w > 0 for w in negative_ws), f'--negative_guidance must be > 0 (at w = 0 the '
               f'negative prompt has no effect), got {",".join(_NEGATIVE_W.value)}')
   cli.require(_NUM.value >= 20, f'--num_samples must be >= 20, got {_NUM.value}')
-  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
+  cli.require(_STEPS.value is None or _STEPS.value >= 2,
+              f'--steps must be >= 2, got {_STEPS.value}')
   cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
   cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
   cli.require(not _NEGATIVE.value or captions.attribute_of(_NEGATIVE.value) is not None,
@@ -148,8 +149,9 @@ def _evaluate(pipe, ws, negative_ws, out):
         + ' | FD-clf |')
   print('|---' * (3 + len(attrs)) + '|')
   for r in rows:
-    print(f'| {r["w"]:g} | {r["class_agreement"]:.3f} | ' + ' | '.join(
-        f'{r[a + "_agreement"]:.3f} ({r[a + "_named"]})' for a in attrs) + f' | {r["fd_clf"]:.3f} |')
+    cells = [f'{r[a + "_agreement"]:.3f} ({r[a + "_named"]})' for a in attrs]
+    print(f'| {r["w"]:g} | {r["class_agreement"]:.3f} | ' + ' | '.join(cells)
+          + f' | {r["fd_clf"]:.3f} |')
   if negative_rows:
     word = _NEGATIVE.value
     print(f'\nshare of samples measured "{word}" for the plain class prompts, without and with '

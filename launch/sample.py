@@ -16,10 +16,10 @@ plainest prompt of each class, "a t-shirt", …); --negative_prompt takes the pl
 prompt in the guided rule, ε̃ = (1 + w)·ε(z, c) − w·ε(z, c_neg).
 
 Writes OUT/grid.png (rows = classes or prompts, column blocks = w; at most 16 samples per row
-and w) and OUT/samples.npz (images in [−1, 1], labels, w; prompts for text models). The whole sweep (every w, every class) runs
-as batched calls of one compiled sampler; the images go to disk call by call, so a request
-larger than memory only needs the disk space, which is checked (with the size and the work)
-before the first call. OUT is checked to be writable before anything is computed.
+and w) and OUT/samples.npz (images in [−1, 1], labels, w; prompts for text models). The whole
+sweep (every w, every row) runs as batched calls of one compiled sampler; the images go to disk
+call by call, so a request larger than memory only needs the disk space, which is checked (with
+the size and the work) before the first call. OUT is checked to be writable before anything is computed.
 """
 import math
 import os

@@ -1,7 +1,8 @@
-"""Writes tests/data/class_reference.npz: the class-label path's parameters, output, train step
+"""Writes tests/data/class_reference.npz: the class-label path's parameters, output, train steps
 and samples on the tiny config, as computed before text conditioning existed (main c9343e2).
 
-  PYTHONPATH=$PWD python tests/make_class_reference.py
+  git archive c9343e2 | tar -x -C /tmp/main_src
+  PYTHONPATH=/tmp/main_src:$PWD/tests python tests/make_class_reference.py
 
 tests/test_text_conditioning.py checks that today's code reproduces every value bit for bit.
 Rerun only on purpose (a deliberate change of the class path), and say so in the commit.
@@ -39,21 +40,37 @@ def leaf_digests(tree):
           for p, x in flat}
 
 
+def perturbed(params, scale=0.02):
+  """Fixed non-zero parameters: the U-Net's zero-initialised output layers would make every
+  output 0 and hide any change behind them."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(123), len(leaves))
+  return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape, p.dtype)
+                                   for p, k in zip(leaves, keys)])
+
+
 def compute():
+  """init: parameter digests at init; output: the perturbed network on fixed inputs; samples:
+  the perturbed network through the guided sampler; loss and stepped: three train steps from the
+  perturbed parameters (the first has learning rate 0 in warm-up)."""
   config = tiny_config()
   x = inputs()
   mesh = sharding.make_mesh({'data': 1, 'fsdp': 1}, jax.devices()[:1])
   built = train.build(config, mesh)
   state = built.init(jax.random.key(config.seed))
   init = leaf_digests(state.params)
-  out = built.model.apply({'params': state.params}, x['z'], x['logsnr'], x['labels'])
-  batch = {'image': x['images'], 'label': x['batch_labels']}
-  new_state, metrics = built.step(state, sharding.global_batch(batch, mesh))   # donates state
-  pipe = inference.Pipeline(config, new_state.params, mesh, model=built.model)
+  params = perturbed(state.params)
+  out = built.model.apply({'params': params}, x['z'], x['logsnr'], x['labels'])
+  pipe = inference.Pipeline(config, params, mesh, model=built.model)
   samples = pipe.sample(x['sample_labels'], x['sample_w'], steps=4, seed=1)
-  return dict(init=init, output=np.asarray(out),
-              loss=np.asarray(metrics['loss']), stepped=leaf_digests(new_state.params),
-              samples=np.asarray(samples))
+  batch = sharding.global_batch({'image': x['images'], 'label': x['batch_labels']}, mesh)
+  state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+  losses = []
+  for _ in range(3):
+    state, metrics = built.step(state, batch)   # donates the old state
+    losses.append(np.asarray(metrics['loss']))
+  return dict(init=init, output=np.asarray(out), loss=np.stack(losses),
+              stepped=leaf_digests(state.params), samples=np.asarray(samples))
 
 
 def main():
@@ -62,7 +79,7 @@ def main():
   for name in ('init', 'stepped'):
     arrays[f'{name}_paths'] = np.array(sorted(ref[name]))
     arrays[f'{name}_digests'] = np.array([ref[name][k] for k in sorted(ref[name])])
-  np.savez(PATH, **arrays)
+  np.savez_compressed(PATH, **arrays)
   print(f'wrote {PATH}')
 
 
