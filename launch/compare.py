@@ -34,7 +34,7 @@ def _load(folder):
     cli.fail(f'cannot read {path} ({e}); run launch/evaluate.py --out={folder} first')
   if not result.get('rows'):
     cli.fail(f'{path} has no rows yet; let launch/evaluate.py finish')
-  return result
+  return dict(result, folder=folder)
 
 
 def _check_comparable(results, folders):
@@ -49,11 +49,23 @@ def _check_comparable(results, folders):
 
 
 def _labels(results):
-  ps = [r['settings']['p_uncond'] for r in results]
-  if len(set(ps)) == len(ps):
-    return [f'p_uncond={p:g}' for p in ps]
-  return [f'{os.path.basename(r["settings"]["workdir"])}@{r["settings"]["checkpoint_step"]}'
-          for r in results]
+  """Names that tell the runs apart: p_uncond, else the checkpoint, else the sampling settings
+  (e.g. the guidance rule and its parameters), else the folder."""
+  candidates = (
+      [f'p_uncond={r["settings"]["p_uncond"]:g}' for r in results],
+      [f'{os.path.basename(r["settings"]["workdir"])}@{r["settings"]["checkpoint_step"]}'
+       for r in results],
+      [', '.join(f'{k}={_setting(v)}' for k, v in
+                 sorted(r['settings'].get('sample_settings', {}).items())) or 'cfg'
+       for r in results],
+      [os.path.basename(os.path.normpath(r['folder'])) for r in results])
+  return next((c for c in candidates if len(set(c)) == len(c)), candidates[-1])
+
+
+def _setting(value):
+  if isinstance(value, (list, tuple)):
+    return ','.join(f'{v:g}' for v in value)
+  return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def _levels(runs, key, n):
