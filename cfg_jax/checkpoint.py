@@ -283,14 +283,18 @@ def _merge(config, saved):
         config[key] = tuples(value)
 
 
-def restore_config(mngr, step=None):
-  """The resolved config saved with a checkpoint, over today's defaults: settings added since
+def config_from_json(saved):
+  """The config that a checkpoint's JSON describes, over today's defaults: settings added since
   the checkpoint was written take their defaults (the paper's behaviour)."""
-  step = mngr.latest_step() if step is None else step
-  r = _restore(mngr, step, config=ocp.args.JsonRestore())
   config = config_lib.base_config()
-  _merge(config, r.config)
+  _merge(config, saved)
   return config
+
+
+def restore_config(mngr, step=None):
+  """The resolved config saved with a checkpoint (`config_from_json`)."""
+  step = mngr.latest_step() if step is None else step
+  return config_from_json(_restore(mngr, step, config=ocp.args.JsonRestore()).config)
 
 
 def restore_ema_params(mngr, abstract_params, step=None):

@@ -132,8 +132,7 @@ def main(argv):
     free = shutil.disk_usage(existing).free
     cli.require(size < 0.9 * free, f'{total:,} samples need up to {size / 2**30:.1f} GiB in {out}, '
                 f'which has {free / 2**30:.1f} GiB free; lower --per_class or choose another --out')
-  w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
-  labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
+  w, labels = visualize.grid_inputs(ws, classes, n)
   if cli.is_main_process():
     os.makedirs(out, exist_ok=True)
   writer = _NpzStream(os.path.join(out, 'samples.npz'), (total,) + pipe.shape) \
