@@ -108,6 +108,7 @@ def main(argv):
   cli.require(len(folders) >= 2, '--evals needs at least two folders to compare')
   cli.require(_LEVELS.value >= 1, f'--levels must be >= 1, got {_LEVELS.value}')
   cli.setup_runtime(single_process=True)
+  cli.quiet_logging()
   cli.check_writable(os.path.dirname(os.path.abspath(_OUT.value)), '--out')
   results = [_load(folder) for folder in folders]
   _check_comparable(results, folders)
