@@ -40,7 +40,7 @@ class Extractor:
     self.variables = jax.device_put(variables, sharding.replicated(self.mesh))
     self._apply = jax.jit(functools.partial(model.apply, train=False))
 
-  def __call__(self, images, progress=False):
+  def __call__(self, images):
     images = np.asarray(images, np.float32)
     size = images.shape[1]
     if size < self.image_size or images.shape[-1] != self.meta['channels']:
@@ -51,8 +51,7 @@ class Extractor:
       images = images[:, a:a + self.image_size, a:a + self.image_size]
     batch = sharding.batch_sharding(self.mesh)
     feats, logits = [], []
-    for s in tqdm.trange(0, len(images), self.batch_size, disable=not progress,
-                         desc='features', unit='batch'):
+    for s in range(0, len(images), self.batch_size):
       x = images[s:s + self.batch_size]
       n = len(x)
       x = np.pad(x, ((0, self.batch_size - n),) + ((0, 0),) * 3, mode='edge')
