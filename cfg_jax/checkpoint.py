@@ -38,22 +38,25 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def options(*, keep=3, read_only=False):
-  """Orbax manager options for every checkpoint the project writes or reads (runs and the
+def open_manager(directory, *, keep=3, read_only=False, item_handlers=None):
+  """The orbax manager of every checkpoint folder the project writes or reads (runs and the
   reference classifier): asynchronous saves that keep the last `keep` steps, or reading only."""
   if read_only:
-    return ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                        save_interval_steps=0)
-  return ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                      cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                           save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory, item_handlers=item_handlers, options=options)
 
 
 def manager(workdir, *, keep=3, read_only=False):
+  """The manager of a run's checkpoints (WORKDIR/checkpoints), with its four items."""
   handlers = {'train_state': ocp.StandardCheckpointHandler(),
               'ema_params': ocp.StandardCheckpointHandler(),
               'config': ocp.JsonCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers,
-                               options=options(keep=keep, read_only=read_only))
+  return open_manager(checkpoint_dir(workdir), keep=keep, read_only=read_only,
+                      item_handlers=handlers)
 
 
 def _split(state):
@@ -280,14 +283,18 @@ def _merge(config, saved):
         config[key] = tuples(value)
 
 
-def restore_config(mngr, step=None):
-  """The resolved config saved with a checkpoint, over today's defaults: settings added since
+def config_from_json(saved):
+  """The config that a checkpoint's JSON describes, over today's defaults: settings added since
   the checkpoint was written take their defaults (the paper's behaviour)."""
-  step = mngr.latest_step() if step is None else step
-  r = _restore(mngr, step, config=ocp.args.JsonRestore())
   config = config_lib.base_config()
-  _merge(config, r.config)
+  _merge(config, saved)
   return config
+
+
+def restore_config(mngr, step=None):
+  """The resolved config saved with a checkpoint (`config_from_json`)."""
+  step = mngr.latest_step() if step is None else step
+  return config_from_json(_restore(mngr, step, config=ocp.args.JsonRestore()).config)
 
 
 def restore_ema_params(mngr, abstract_params, step=None):

@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from cfg_jax import diffusion, guidance, objective, sampling
+from cfg_jax import diffusion, guidance, model as model_lib, objective, sampling
 
 
 class ConfigError(ValueError):
@@ -28,8 +28,8 @@ def base_config():
   )
 
   config.diffusion = dict(
-      logsnr_min=-20.0,       # training λ range (and the schedule λ(u) maps onto it)
-      logsnr_max=20.0,
+      logsnr_min=diffusion.LOGSNR_MIN,  # training λ range (the schedule λ(u) maps onto it)
+      logsnr_max=diffusion.LOGSNR_MAX,
       prediction='eps',       # 'eps' (paper) or 'v'
       train_logsnr='cosine',  # λ of Algorithm 1: 'cosine' (paper: λ(u), u ~ U[0,1]) or 'normal'
       train_logsnr_mean=2.4,  # 'normal': λ ~ N(mean, std²), EDM's log-normal σ by default
@@ -72,8 +72,8 @@ def base_config():
       steps=256,
       v=0.3,                  # ancestral variance interpolation (paper: 0.3 at 64x64)
       grid='cosine',          # time grid: 'cosine' (paper: uniform u), 'logsnr' (uniform λ), 'edm'
-      logsnr_min=-20.0,       # the grid's λ range (paper: the training range)
-      logsnr_max=20.0,
+      logsnr_min=diffusion.LOGSNR_MIN,  # the grid's λ range (paper: the training range)
+      logsnr_max=diffusion.LOGSNR_MAX,
       rho=7.0,                # 'edm' grid's ρ
       # Guidance beyond the paper's rule (cfg_jax.guidance; 0 or () is off, the paper's default):
       guidance_rule='cfg',    # 'cfg' (paper), 'apg', 'cfgpp'
@@ -219,7 +219,7 @@ def validate(config):
     raise ConfigError("config.sample.w_table goes with w_schedule='table', and only with it")
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
-  size = config.data.pad_to or config.data.image_size
+  size = model_lib.input_shape(config)[0]
   if size % 2 ** (len(config.model.channel_mult) - 1):
     raise ConfigError(f'config.data.image_size={size} must divide by 2^(levels-1) '
                       f'for channel_mult={tuple(config.model.channel_mult)}; set data.pad_to')

@@ -9,7 +9,6 @@ import functools
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
@@ -66,8 +65,7 @@ class Pipeline:
   def __post_init__(self):
     self.model = self.model or model_lib.from_config(self.config)
     self.num_classes = self.config.data.num_classes
-    size = self.config.data.pad_to or self.config.data.image_size
-    self.shape = (size, size, self.config.data.channels)
+    self.shape = model_lib.input_shape(self.config)
     self.set_params(self.params)
     self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip', 'grid'))
 
@@ -177,11 +175,8 @@ def load(workdir, step=None, devices=None):
   config = checkpoint.restore_config(mngr, step)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1}, devices)
   model = model_lib.from_config(config)
-  size = config.data.pad_to or config.data.image_size
-  init = functools.partial(model.init, z=jnp.zeros((1, size, size, config.data.channels)),
-                           logsnr=jnp.zeros((1,)), labels=jnp.zeros((1,), jnp.int32))
-  abstract = sharding.abstract(jax.eval_shape(init, jax.random.key(0))['params'],
-                              sharding.replicated(mesh))
+  abstract = sharding.abstract_output(functools.partial(model_lib.init_params, model, config),
+                                     jax.random.key(0), shardings=sharding.replicated(mesh))
   params = checkpoint.restore_ema_params(mngr, abstract, step)
   return Pipeline(config=config, params=params, mesh=mesh, model=model,
                   tuned=tuning.load_choice(workdir))

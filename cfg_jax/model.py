@@ -129,6 +129,18 @@ class UNet(nn.Module):
     return out.astype(jnp.float32)
 
 
+def input_shape(config):
+  """(H, W, C) of the U-Net's input: the data's images, padded to `data.pad_to` if set."""
+  size = config.data.pad_to or config.data.image_size
+  return (size, size, config.data.channels)
+
+
+def init_params(model, config, rng):
+  """`model`'s parameters, initialised on one dummy example of `config`'s input shape."""
+  return model.init(rng, jnp.zeros((1,) + input_shape(config)), jnp.zeros((1,)),
+                    jnp.zeros((1,), jnp.int32))['params']
+
+
 def from_config(config):
   """The U-Net described by `config.model`, for `config.data.num_classes` classes."""
   m = config.model

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfg_jax import data, diffusion
+from cfg_jax import data, diffusion, model as model_lib
 
 
 @flax.struct.dataclass
@@ -101,9 +101,7 @@ def loss_fn(params, model, images, labels, rng, config, *, train=True):
 
 
 def init_state(model, tx, config, rng):
-  size, ch = config.data.pad_to or config.data.image_size, config.data.channels
-  z = jnp.zeros((1, size, size, ch), jnp.float32)
-  params = model.init(rng, z, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))['params']
+  params = model_lib.init_params(model, config, rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 

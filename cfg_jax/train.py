@@ -13,7 +13,6 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tensorboardX
 import tqdm
 from etils import epath
@@ -51,15 +50,17 @@ def build(config, mesh):
   model = model_lib.from_config(config)
   tx, schedule = objective.make_optimizer(config.train)
   init = functools.partial(objective.init_state, model, tx, config)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.fsdp_min_bytes)
+  abstract_state = sharding.abstract_output(
+      init, jax.random.key(config.seed),
+      shardings=lambda tree: sharding.state_shardings(mesh, tree, config.mesh.fsdp_min_bytes))
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
   init = jax.jit(init, out_shardings=state_sharding)
   step = jax.jit(
       functools.partial(objective.train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
-  return Built(model, init, step, sharding.abstract(abstract, state_sharding))
+  return Built(model, init, step, abstract_state)
 
 
 def _log_metrics(writer, step, metrics, bar):
@@ -73,10 +74,10 @@ def _log_metrics(writer, step, metrics, bar):
 def write_guidance_grid(pipe, params, workdir, step):
   """Samples config.sample.per_class images per class at each w of config.sample.guidance."""
   s, k = pipe.config.sample, pipe.num_classes
-  ws = np.asarray(s.guidance, np.float32)
-  labels = np.tile(np.repeat(np.arange(k), s.per_class), len(ws))
+  ws = list(s.guidance)
+  w, labels = visualize.grid_inputs(ws, range(k), s.per_class)
   pipe.set_params(params)
-  x = pipe.sample(labels, np.repeat(ws, k * s.per_class), seed=0)
+  x = pipe.sample(labels, w, seed=0)
   if jax.process_index() == 0:
     path = epath.Path(workdir) / 'samples' / f'grid_{step:07d}.png'
     path.parent.mkdir(parents=True, exist_ok=True)

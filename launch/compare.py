@@ -15,7 +15,8 @@ import os
 from absl import flags
 import numpy as np
 
-from cfg_jax import cli, metrics
+from cfg_jax import cli
+from cfg_jax.eval import metrics, report
 
 _EVALS = flags.DEFINE_list('evals', None, 'Folders holding a metrics.json each.')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension (.png and .md).')
@@ -88,7 +89,7 @@ def _per_w_table(runs, header, cell):
   return lines
 
 
-def report(runs, results, num_levels):
+def comparison(runs, results, num_levels):
   """The Markdown comparison of runs {label: rows}."""
   s, labels = results[0]['settings'], list(runs)
   lines = [f'Extractor {results[0]["extractor"]["description"]}; reference '
@@ -119,15 +120,16 @@ def main(argv):
   cli.require(len(folders) >= 2, '--evals needs at least two folders to compare')
   cli.require(_LEVELS.value >= 1, f'--levels must be >= 1, got {_LEVELS.value}')
   cli.setup_runtime(single_process=True)
+  cli.quiet_logging()
   cli.check_writable(os.path.dirname(os.path.abspath(_OUT.value)), '--out')
   results = [_load(folder) for folder in folders]
   _check_comparable(results, folders)
   runs = dict(zip(_labels(results), (r['rows'] for r in results)))
-  text = report(runs, results, _LEVELS.value)
+  text = comparison(runs, results, _LEVELS.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value + '.md', 'w', encoding='utf-8') as f:
     f.write(text + '\n')
-  metrics.plot_tradeoff(runs, _OUT.value + '.png', results[0].get('real'),
+  report.plot_tradeoff(runs, _OUT.value + '.png', results[0].get('real'),
                         title='guidance sweeps compared')
   print(text)
   print(f'wrote {_OUT.value}.md, {_OUT.value}.png')

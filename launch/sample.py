@@ -32,7 +32,6 @@ _GUIDANCE = flags.DEFINE_list('guidance', None, 'Values of w (paper convention; 
 _PER_CLASS = flags.DEFINE_integer('per_class', None,
                                   "Samples per class and w (default: the config's sample.per_class).")
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v in [0, 1] '
                         '(default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (>= 0).')
@@ -105,10 +104,8 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, sampling, visualize  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, visualize  # pylint: disable=g-import-not-at-top
 
-  cli.require(_SAMPLER.value is None or _SAMPLER.value in sampling.METHODS,
-              f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
   out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
   existing = cli.check_writable(out, '--out') if cli.is_main_process() else None
   try:
@@ -126,7 +123,7 @@ def main(argv):
     ws, settings = [pipe.tuned['w']], {**pipe.tuned.get('settings', {}), **settings}
     print(f'w = {ws[0]:g} (chosen for this checkpoint by a sweep: {_WORKDIR.value}/guidance.json)')
   ws = list(s.guidance) if ws is None else ws
-  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
+  steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
   print(f'{total:,} samples ({len(ws)} w x {len(classes)} classes x {n}), {steps} {method} steps '
@@ -135,8 +132,7 @@ def main(argv):
     free = shutil.disk_usage(existing).free
     cli.require(size < 0.9 * free, f'{total:,} samples need up to {size / 2**30:.1f} GiB in {out}, '
                 f'which has {free / 2**30:.1f} GiB free; lower --per_class or choose another --out')
-  w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
-  labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
+  w, labels = visualize.grid_inputs(ws, classes, n)
   if cli.is_main_process():
     os.makedirs(out, exist_ok=True)
   writer = _NpzStream(os.path.join(out, 'samples.npz'), (total,) + pipe.shape) \
