@@ -24,21 +24,20 @@ from cfg_jax import data, diffusion, guidance, inference, objective, sampling
 STAGES = ('guidance', 'progressive')
 
 
-def native_target(z, eps, logsnr, prediction):
-  """The network's own target for a wanted ε̃ at z: ε̃ itself, or v = α ε̃ − σ x̂(ε̃)."""
-  if prediction == 'eps':
-    return eps
-  return diffusion.v_target(diffusion.predict_x(z, eps, logsnr), eps, logsnr)
-
-
-def guided_eps(model, params, z, logsnr, labels, w, *, null_label, prediction):
-  """ε̃ = (1 + w)·ε_θ(z, c) − w·ε_θ(z, ∅) of a class-conditional teacher, from one 2B-row call."""
+def guided_output(model, params, z, logsnr, labels, w, *, null_label):
+  """(1 + w)·f(z, c) − w·f(z, ∅) of the network's own output f (ε or v: both affine in x̂ at
+  fixed z, so this is the guided x̂ in either parametrisation), from one 2B-row call."""
   b = labels.shape[0]
   pair = lambda c, u: jnp.stack([c, u], 1).reshape((2 * b,) + c.shape[1:])   # as the sampler:
-  eps = inference.eps_fn_for(model, params, prediction)(                     # a pair per device
-      pair(z, z), pair(logsnr, logsnr), pair(labels, jnp.full_like(labels, null_label)))
-  eps = eps.reshape((b, 2) + z.shape[1:])
-  return guidance.classifier_free(eps[:, 0], eps[:, 1], w)
+  out = model.apply({'params': params}, pair(z, z), pair(logsnr, logsnr),   # a pair per device
+                    pair(labels, jnp.full_like(labels, null_label))).reshape((b, 2) + z.shape[1:])
+  return guidance.classifier_free(out[:, 0], out[:, 1], w)
+
+
+def native_target(z, x, logsnr, prediction):
+  """The network's own target for a wanted x̂ at z: ε = (z − α x̂)/σ or v = (α z − x̂)/σ."""
+  alpha, sigma = (diffusion.bcast(a, z) for a in diffusion.alpha_sigma(logsnr))
+  return ((z - alpha * x) if prediction == 'eps' else (alpha * z - x)) / sigma
 
 
 def sample_w(rng, n, config):
@@ -52,10 +51,8 @@ def guidance_example(rng, batch, teacher_params, *, teacher, config):
   _, logsnr, _, z = objective.noisy_batch(rng_u, rng_eps, batch['image'], config)
   labels = batch['label']
   w = sample_w(rng_w, labels.shape[0], config)
-  p = config.diffusion.prediction
-  eps = guided_eps(teacher, teacher_params, z, logsnr, labels, w,
-                   null_label=config.data.num_classes, prediction=p)
-  return z, logsnr, labels, w, native_target(z, eps, logsnr, p)
+  return z, logsnr, labels, w, guided_output(teacher, teacher_params, z, logsnr, labels, w,
+                                             null_label=config.data.num_classes)
 
 
 def ddim_x_target(z, z_next, logsnr, logsnr_next):
@@ -107,8 +104,7 @@ def progressive_example(rng, batch, teacher_params, *, teacher, config):
   eps_fn = inference.eps_fn_for(teacher, teacher_params, p, w=w)
   x_target = two_step_target(lambda z, lam: eps_fn(z, lam, labels), z, logsnr, logsnr_mid,
                              logsnr_next, clip=config.sample.clip)
-  return z, logsnr, labels, w, native_target(z, diffusion.predict_eps(z, x_target, logsnr),
-                                             logsnr, p)
+  return z, logsnr, labels, w, native_target(z, x_target, logsnr, p)
 
 
 EXAMPLES = {'guidance': guidance_example, 'progressive': progressive_example}
