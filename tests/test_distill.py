@@ -3,6 +3,7 @@ starts as its teacher at every w, a distilled pipeline runs B rows per step, sta
 where two teacher DDIM steps land (float64), SIGTERM saves and resume is bit-identical, and bad
 inputs cost one line and exit 2."""
 import concurrent.futures
+import functools
 import importlib.util
 import os
 import re
@@ -18,8 +19,8 @@ import pytest
 
 import cfg_jax
 import launcher
-from cfg_jax import distill, distill_train, inference, model as model_lib, objective, sharding
-from cfg_jax import train
+from cfg_jax import checkpoint, distill, distill_train, inference, model as model_lib
+from cfg_jax import objective, sharding
 from conftest import ROOT, tiny_config
 
 FINAL = 8   # steps of the stage-1 runs that are interrupted and compared
@@ -47,13 +48,32 @@ def _perturbed(params, seed=1, scale=0.05):
   return tree.unflatten([p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
 
 
-def _teacher(prediction='eps'):
-  config = tiny_config()
+def _init_state(model, config, teacher_params=None, seed=0):
+  """The training state of a fresh `model` (a student of `teacher_params`, if given)."""
+  tx = objective.make_optimizer(config.train)[0]
+  if teacher_params is None:
+    return jax.jit(functools.partial(objective.init_state, model, tx, config))(jax.random.key(seed))
+  return jax.jit(functools.partial(distill.init_state, model, tx, config))(teacher_params,
+                                                                         jax.random.key(seed))
+
+
+def _teacher(prediction='eps', config=None):
+  """A tiny teacher with random weights: (config, model, parameters)."""
+  config = config or tiny_config()
   config.diffusion.prediction = prediction
   model = model_lib.from_config(config)
-  params = objective.init_state(model, objective.make_optimizer(config.train)[0], config,
-                                jax.random.key(0)).params
-  return config, model, _perturbed(params)
+  return config, model, _perturbed(_init_state(model, config).params)
+
+
+def _save_teacher(workdir, config=None):
+  """A teacher workdir without training: one checkpoint of random weights."""
+  config, _, params = _teacher(config=config)
+  state = objective.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                               opt_state=())
+  mngr = checkpoint.manager(workdir)
+  checkpoint.save(mngr, state, config)
+  mngr.wait_until_finished()
+  return workdir
 
 
 def _alpha_sigma64(logsnr):
@@ -76,13 +96,14 @@ def batch():
 def test_stage1_target_is_the_guided_x_of_the_frozen_teacher(prediction, batch):
   teacher_config, teacher, params = _teacher(prediction)
   config = distill_train.student_config(run_config(w_min=0.5, w_max=3.0), teacher_config, 't', 0)
-  z, logsnr, labels, w, target = distill.guidance_example(jax.random.key(3), batch, params,
-                                                          teacher=teacher, config=config)
+  example = jax.jit(functools.partial(distill.guidance_example, teacher=teacher, config=config))
+  z, logsnr, labels, w, target = example(jax.random.key(3), batch, params)
   w64 = np.asarray(w, np.float64)
   assert np.all((w64 >= 0.5) & (w64 <= 3.0)) and np.ptp(w64) > 0.5
 
   # Independently: two separate teacher calls, x̂ of each, (1 + w)·x̂_c − w·x̂_u, in float64.
-  out = lambda c: np.asarray(teacher.apply({'params': params}, z, logsnr, c), np.float64)
+  apply = jax.jit(teacher.apply)
+  out = lambda c: np.asarray(apply({'params': params}, z, logsnr, c), np.float64)
   a, s = (_b(v) for v in _alpha_sigma64(logsnr))
   z64 = np.asarray(z, np.float64)
   to_x = (lambda f: (z64 - s * f) / a) if prediction == 'eps' else (lambda f: a * z64 - s * f)
@@ -97,17 +118,17 @@ def test_student_starts_as_its_teacher_at_every_w(batch):
   teacher_config, teacher, params = _teacher()
   config = distill_train.student_config(run_config(), teacher_config, 't', 0)
   student = model_lib.from_config(config)
-  state = distill.init_state(student, objective.make_optimizer(config.train)[0], config, params,
-                             jax.random.key(5))
+  state = _init_state(student, config, params, seed=5)
   names = lambda p: {'/'.join(k) for k in flax.traverse_util.flatten_dict(p)}
   assert names(state.params) - names(params) == {'w_embed_in/kernel', 'w_embed_in/bias',
                                                  'w_embed_out/kernel', 'w_embed_out/bias'}
   z = jax.random.normal(jax.random.key(1), (16, 28, 28, 1))
   logsnr = jnp.linspace(-8.0, 8.0, 16)
-  want = teacher.apply({'params': params}, z, logsnr, batch['label'])
+  want = jax.jit(teacher.apply)({'params': params}, z, logsnr, batch['label'])
   assert float(jnp.abs(want).max()) > 0.1
+  apply = jax.jit(student.apply)
   for w in (0.0, 1.5, 4.0):
-    got = student.apply({'params': state.params}, z, logsnr, batch['label'], jnp.full((16,), w))
+    got = apply({'params': state.params}, z, logsnr, batch['label'], jnp.full((16,), w))
     np.testing.assert_array_equal(got, want)
 
 
@@ -126,8 +147,7 @@ def test_distilled_pipeline_runs_one_b_row_call_per_step_at_any_w():
   teacher_config, teacher, params = _teacher()
   config = distill_train.student_config(run_config(steps=5), teacher_config, 't', 0)
   student = model_lib.from_config(config)
-  state = distill.init_state(student, objective.make_optimizer(config.train)[0], config, params,
-                             jax.random.key(5))
+  state = _init_state(student, config, params, seed=5)
   mesh = sharding.make_mesh({'data': 1}, jax.devices()[:1])
   pipe = inference.Pipeline(config, state.ema_params, mesh, model=_Counting(student))
   assert pipe.distilled and 'distilled student (guidance distillation' in repr(pipe)
@@ -159,10 +179,10 @@ def test_stage2_target_lands_where_two_teacher_ddim_steps_land(batch):
   s2 = distill_train.student_config(run_config(stage='progressive', rounds=1), s1, 's1', 1)
   assert s2.sample.steps == 3 and s2.sample.method == 'ddim'
   model = model_lib.from_config(s1)
-  params = _perturbed(distill.init_state(model, objective.make_optimizer(s1.train)[0], s1, params,
-                                         jax.random.key(0)).params, seed=7)
-  z, logsnr, labels, w, target = distill.progressive_example(jax.random.key(2), batch, params,
-                                                             teacher=model, config=s2)
+  params = _perturbed(_init_state(model, s1, params).params, seed=7)
+  example = jax.jit(functools.partial(distill.progressive_example, teacher=model, config=s2))
+  z, logsnr, labels, w, target = example(jax.random.key(2), batch, params)
+  apply = jax.jit(model.apply)
 
   # The student's grid (3 points) is every other point of the teacher's (5 points).
   lam = np.asarray(logsnr, np.float64)
@@ -172,7 +192,7 @@ def test_stage2_target_lands_where_two_teacher_ddim_steps_land(batch):
   np.testing.assert_allclose(lam, _edm_grid64(2 * j, 5), rtol=1e-5, atol=1e-5)
 
   def teacher_x(z, lam):   # the teacher's clipped x̂, in float64 around a float32 network
-    eps = np.asarray(model.apply({'params': params}, jnp.asarray(z, jnp.float32),
+    eps = np.asarray(apply({'params': params}, jnp.asarray(z, jnp.float32),
                                  jnp.asarray(lam, jnp.float32), labels, w), np.float64)
     a, s = (_b(v) for v in _alpha_sigma64(lam))
     return np.clip((z - s * eps) / a, -1, 1)
@@ -208,9 +228,7 @@ def _assert_same_state(a, b):
 
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('teacher') / 'run')
-  train.train(tiny_config(num_steps=2, checkpoint_every=2), workdir)
-  return workdir
+  return _save_teacher(str(tmp_path_factory.mktemp('teacher') / 'run'))
 
 
 @pytest.fixture(scope='module')
@@ -260,7 +278,7 @@ class _StopAt:
 
 
 def test_stage2_round_resumes_exactly_and_is_sampled_with_half_the_steps(straight, tmp_path):
-  config = run_config(stage='progressive', rounds=1, train_log_every=100)
+  config = run_config(stage='progressive', rounds=1, train_num_steps=4, train_log_every=100)
   whole = distill_train.run(config, straight.workdir, str(tmp_path / 'whole'))
   assert whole.finished and whole.workdir == str(tmp_path / 'whole' / 'round_1')
 
@@ -274,10 +292,9 @@ def test_stage2_round_resumes_exactly_and_is_sampled_with_half_the_steps(straigh
 
 
 def test_bad_inputs_cost_one_line_and_exit_2(teacher, straight, tmp_path):
-  other = str(tmp_path / 'other')   # a teacher of another image size
-  config = tiny_config(num_steps=1)
+  config = tiny_config()
   config.data.pad_to = 32
-  train.train(config, other)
+  other = _save_teacher(str(tmp_path / 'other'), config)   # a teacher of another image size
   empty = str(tmp_path / 'empty')
   os.makedirs(empty)
   cases = {
