@@ -34,9 +34,9 @@ def base_config():
   config.rounds = 2           # stage 2: halvings of the teacher's DDIM updates (17 -> 9 -> 5)
   # The student's training, one run for stage 1, per round for stage 2; the loss weighting and
   # the λ distribution are the teacher's.
-  config.train = dict(num_steps=1000, batch_size=64, learning_rate=1e-4, warmup_steps=50,
+  config.train = dict(num_steps=1000, batch_size=64, learning_rate=1e-4, warmup_steps=100,
                       lr_schedule='constant', grad_clip=1.0, ema_decay=0.998, ema_power=0.0,
-                      on_nonfinite='stop', log_every=25, checkpoint_every=100,
+                      on_nonfinite='stop', log_every=50, checkpoint_every=250,
                       keep_checkpoints=2, sample_every=0)
   config.sample = dict(per_class=4, guidance=(0.0, 1.0, 2.0, 4.0))   # grids (0: none)
   config.mesh = dict(data=-1, fsdp=1, fsdp_min_bytes=4 * 1024 ** 2)
