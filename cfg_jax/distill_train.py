@@ -172,6 +172,9 @@ def run(config, teacher_dir, workdir, stop=None):
   stop: as for `train.train`. One run per workdir at a time.
   """
   config = validate(config)
+  if os.path.abspath(teacher_dir) == os.path.abspath(workdir):
+    raise config_lib.ConfigError(f'--workdir={workdir} is the teacher\'s workdir; give the '
+                                 f'student a new --workdir')
   train.check_workdir(workdir)
   with workdir_lock.held(workdir):
     mesh = sharding.make_mesh(config.mesh)

@@ -310,6 +310,9 @@ def test_bad_inputs_cost_one_line_and_exit_2(teacher, straight, tmp_path):
       'other teacher': (_command(other, straight.workdir),
                         f'the teacher {other} does not match the student in {straight.workdir} '
                         '(data.pad_to=0 there, 32 now'),
+      'same workdir': (_command(teacher, teacher),
+                       f'--workdir={teacher} is the teacher\'s workdir; give the student a new '
+                       '--workdir'),
       'not distilled': (_command(teacher, str(tmp_path / 'd'), '--config.stage=progressive'),
                         f'the teacher {teacher} is not a guidance-distilled student'),
   }
