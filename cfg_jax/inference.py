@@ -110,9 +110,9 @@ class Pipeline:
     w = guide.w if self.distilled else None   # a student's guidance is its input w
     return sampling.sample(
         eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh, w=w), labels,
-        None if self.distilled else guide, key, shape=self.shape, null_label=self.num_classes, steps=steps, method=method,
-        v=v, clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
-        logsnr_max=logsnr_range[1], rho=rho)
+        None if self.distilled else guide, key, shape=self.shape, null_label=self.num_classes,
+        steps=steps, method=method, v=v, clip=clip, indices=indices, grid=grid,
+        logsnr_min=logsnr_range[0], logsnr_max=logsnr_range[1], rho=rho)
 
   def guidance(self, w, n, **settings):
     """The `guidance.Guidance` that `sample` uses for n samples: w (scalar or (n,)) with the

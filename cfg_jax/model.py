@@ -30,11 +30,9 @@ def timestep_embedding(t, dim, max_period=10_000.0):
 
 
 def guidance_embedding(w, dim):
-  """Sinusoidal embedding of w: periods from 0.2π (finer than a w sweep's steps) to 2000π."""
-  half = dim // 2
-  freqs = 10.0 * jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = w[:, None].astype(jnp.float32) * freqs[None]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  """Sinusoidal embedding of w, as t = w/100: periods from 0.2π (finer than the steps of a w
+  sweep) to 2000π in w."""
+  return timestep_embedding(0.01 * w, dim)
 
 
 def _resample(x, factor):
