@@ -45,7 +45,7 @@ def base_config():
 
 def validate(config):
   """Raises config_lib.ConfigError for a run that cannot make sense (its train, sample and mesh
-  settings are checked with the student's config, `student_config`)."""
+  settings are checked as part of the student's config, `student_config`)."""
   config_lib.check_schema(config, base_config())
   if config.stage not in distill.STAGES:
     raise config_lib.ConfigError(f'config.stage={config.stage!r}: use one of '
@@ -60,20 +60,14 @@ def validate(config):
   return config
 
 
-def student_settings(config, teacher_config):
-  """The teacher's config with the run's training, sampling-grid and mesh settings on top."""
+def student_config(config, teacher_config, teacher_dir, round_):
+  """The full config of the student of `teacher_config`: the teacher's, with the run's seed,
+  training, image-grid and mesh settings, w as an input, and DDIM sampling in config.steps steps
+  (stage 1) or half its teacher's updates (stage 2)."""
   student = ml_collections.ConfigDict(teacher_config.to_dict())
   student.seed = config.seed
-  student.train.update(config.train.to_dict())
-  student.sample.update(config.sample.to_dict())
-  student.mesh.update(config.mesh.to_dict())
-  return student
-
-
-def student_config(config, teacher_config, teacher_dir, round_):
-  """The full config of the student of `teacher_config`: sampled by DDIM, with w as input; its
-  step count is config.steps (stage 1) or half its teacher's updates (stage 2)."""
-  student = student_settings(config, teacher_config)
+  for group in ('train', 'sample', 'mesh'):
+    student[group].update(config[group].to_dict())
   student.model.guidance_embed = True
   steps = config.steps if config.stage == 'guidance' else (teacher_config.sample.steps + 1) // 2
   student.sample.update(method='ddim', steps=steps)
