@@ -199,13 +199,14 @@ def _shapes(tree):
           for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _setting_diffs(saved, config):
-  """'model.channels=8 there, 16 now' for the model and data settings that differ."""
+def setting_diffs(saved, config, sections=('model', 'data'), ignore=()):
+  """'model.channels=8 there, 16 now' for the settings of `sections` that differ between a
+  saved config (a dict) and `config`, but for the keys in `ignore`."""
   plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # JSON turns tuples to lists
   out = []
-  for section in ('model', 'data'):
+  for section in sections:
     old, new = saved.get(section, {}), config[section].to_dict()
-    for key in sorted(old.keys() | new.keys()):
+    for key in sorted((old.keys() | new.keys()) - set(ignore)):
       if plain(old.get(key)) != plain(new.get(key)):
         out.append(f'{section}.{key}={old.get(key)!r} there, {new.get(key)!r} now')
   return out
@@ -231,7 +232,7 @@ def check_compatible(mngr, abstract_state, step, config=None):
   diffs = [f'{k} {saved.get(k, "missing")} in the checkpoint vs {wanted.get(k, "missing")} now'
            for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
   if diffs:
-    settings = _setting_diffs(restore_config(mngr, step).to_dict(), config) if config else []
+    settings = setting_diffs(restore_config(mngr, step).to_dict(), config) if config else []
     settings = f' ({", ".join(settings)})' if settings else ''
     raise CheckpointError(
         f'checkpoint {step} in {mngr.directory} was written by a different model config'

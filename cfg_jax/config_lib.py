@@ -45,6 +45,7 @@ def base_config():
       attention_num_heads=0,  # > 0 fixes the number of heads instead
       dropout=0.1,
       dtype='float32',        # compute dtype; params stay float32
+      guidance_embed=False,   # w is an input: a guidance-distilled student (cfg_jax.distill)
   )
 
   config.train = dict(
@@ -89,6 +90,15 @@ def base_config():
       clip=True,              # clip x̃ to [-1, 1]
       guidance=(0.0, 0.3, 1.0, 4.0),
       per_class=4,           # samples per class and w in training grids (0 = no grids)
+  )
+
+  # How a distilled student was made (cfg_jax.distill_train writes it; '' for a trained model).
+  config.distill = dict(
+      stage='',               # 'guidance' (Meng et al. 2023 stage 1) or 'progressive' (stage 2)
+      teacher='',             # the teacher's workdir
+      w_min=0.0,              # the range of w it was distilled on
+      w_max=0.0,
+      round=0,                # progressive: the halving this student is (1, 2, ...)
   )
 
   # Mesh axes: batch over ('data', 'fsdp'); parameters replicated, or sharded over 'fsdp'.

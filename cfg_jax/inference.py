@@ -17,8 +17,11 @@ from cfg_jax import checkpoint, diffusion, guidance, model as model_lib, samplin
 from cfg_jax import tuning
 
 
-def eps_fn_for(model, params, prediction='eps', mesh=None):
+def eps_fn_for(model, params, prediction='eps', mesh=None, w=None):
   """The ε(z, λ, labels) function the samplers consume, for an ε- or v-prediction U-Net.
+
+  w: (B,) guidance strengths for a distilled student (`model.guidance_embed`), whose one call
+  gives the guided ε; None for a class-conditional model.
 
   mesh: inside a jitted sampler, gather `params` whole onto every device of `mesh` first. An
   FSDP-sharded EMA is then all-gathered once per sampler call, into a copy that lives only
@@ -29,7 +32,7 @@ def eps_fn_for(model, params, prediction='eps', mesh=None):
     params = jax.lax.with_sharding_constraint(params, sharding.replicated(mesh))
 
   def eps_fn(z, logsnr, labels):
-    out = model.apply({'params': params}, z, logsnr, labels)
+    out = model.apply({'params': params}, z, logsnr, labels, **({} if w is None else {'w': w}))
     return out if prediction == 'eps' else diffusion.eps_from_v(z, out, logsnr)
   return eps_fn
 
@@ -64,10 +67,24 @@ class Pipeline:
 
   def __post_init__(self):
     self.model = self.model or model_lib.from_config(self.config)
+    self.distilled = bool(self.config.model.guidance_embed)
     self.num_classes = self.config.data.num_classes
     self.shape = model_lib.input_shape(self.config)
     self.set_params(self.params)
     self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip', 'grid'))
+
+  def __repr__(self):
+    return f'Pipeline({self.describe()})'
+
+  def describe(self):
+    """One line: what model this is and how it samples by default."""
+    s, d = self.config.sample, self.config.distill
+    how = f'{s.method} {s.steps} steps on the {s.grid} grid'
+    if not self.distilled:
+      return f'class-conditional model; {how}, 2 network rows per guided sample and step'
+    made = (f'{d.stage} distillation' + (f' round {d.round}' if d.round else '')
+            + f' of {d.teacher}, w in [{d.w_min:g}, {d.w_max:g}]')
+    return f'distilled student ({made}); {how}, 1 network row per sample and step at any w'
 
   def set_params(self, params):
     """Swaps in new parameters (e.g. the EMA during training).
@@ -88,27 +105,36 @@ class Pipeline:
     """One batch on the devices: labels, indices and guide's per-example fields sharded alike;
     guide is a `guidance.Guidance` or None (unguided, B rows); logsnr_range = (λ_min, λ_max)
     of the time grid. Jitted as `sample_batch`."""
+    w = guide.w if self.distilled else None   # a student's guidance is its input w
     return sampling.sample(
-        eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh), labels,
-        guide, key, shape=self.shape, null_label=self.num_classes, steps=steps, method=method,
-        v=v, clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
-        logsnr_max=logsnr_range[1], rho=rho)
+        eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh, w=w), labels,
+        None if self.distilled else guide, key, shape=self.shape, null_label=self.num_classes,
+        steps=steps, method=method, v=v, clip=clip, indices=indices, grid=grid,
+        logsnr_min=logsnr_range[0], logsnr_max=logsnr_range[1], rho=rho)
 
   def guidance(self, w, n, **settings):
     """The `guidance.Guidance` that `sample` uses for n samples: w (scalar or (n,)) with the
-    config's guidance settings and `settings` on top; None for w=None (unguided)."""
-    if w is None:
+    config's guidance settings and `settings` on top; None for w=None (unguided). A distilled
+    student takes w alone (None: 0, its conditional model)."""
+    if w is None and not self.distilled:
       return None
-    w = np.broadcast_to(np.asarray(w, np.float32), (n,))
+    w = np.broadcast_to(np.asarray(0.0 if w is None else w, np.float32), (n,))
     if not np.all(np.isfinite(w)):
       raise ValueError(f'w must be finite, got {w[~np.isfinite(w)][0]}')
+    if self.distilled:
+      given = sorted(k for k, v in settings.items() if v is not None)
+      if given:
+        raise ValueError(f'a distilled student has the paper\'s guidance built in; '
+                         f'{", ".join(given)} do not apply to it')
+      return guidance.Guidance(w=w).per_example(n)
     return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
 
   def sample(self, labels, w=TUNED, *, steps=None, method=None, seed=0, v=None, clip=None,
              grid=None, logsnr_range=None, batch_size=256, progress=False, first_index=0,
              **guidance_overrides):
     """Samples for `labels` (N,) at guidance w (scalar or (N,); None: the unguided model; by
-    default the w chosen for this checkpoint by a sweep, else 0). Guidance settings default to
+    default the w chosen for this checkpoint by a sweep, else 0). A distilled student runs one
+    B-row call per step at any w, with its own steps and sampler. Guidance settings default to
     the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
     rescale=0.7, threshold=0.995, schedule='linear', ...; see `guidance.from_settings`).
 

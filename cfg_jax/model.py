@@ -2,7 +2,9 @@
 
 The class embedding (with one extra row, index `num_classes`, for the null label ∅) is added to
 the noise-level embedding and enters every residual block through scale-shift normalisation.
-Nothing here knows about guidance: the null label is just another class.
+Nothing here knows about guidance: the null label is just another class. A guidance-distilled
+student (`guidance_embed`, Meng et al. 2023) also takes the guidance strength w, through a
+sinusoidal embedding and an MLP whose last layer starts at zero, so that it starts as its teacher.
 Parameters are float32; activations use `dtype` (bfloat16 on accelerators).
 """
 import math
@@ -25,6 +27,12 @@ def timestep_embedding(t, dim, max_period=10_000.0):
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = 1000.0 * t[:, None].astype(jnp.float32) * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def guidance_embedding(w, dim):
+  """Sinusoidal embedding of w, as t = w/100: periods from 0.2π (finer than the steps of a w
+  sweep) to 2000π in w."""
+  return timestep_embedding(0.01 * w, dim)
 
 
 def _resample(x, factor):
@@ -84,10 +92,11 @@ class UNet(nn.Module):
   attention_head_channels: int = 64
   attention_num_heads: int = 0
   dropout: float = 0.1
+  guidance_embed: bool = False   # a distilled student: w is an input (default 0)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z, logsnr, labels, *, train=False):
+  def __call__(self, z, logsnr, labels, w=None, *, train=False):
     emb_dim = 4 * self.channels
     block = lambda c, **kw: ResBlock(c, self.dropout, dtype=self.dtype, **kw)
     attn = lambda: AttentionBlock(self.attention_head_channels, self.attention_num_heads,
@@ -99,6 +108,14 @@ class UNet(nn.Module):
     emb = nn.Dense(emb_dim, dtype=self.dtype)(emb)
     emb = nn.Dense(emb_dim, dtype=self.dtype)(nn.silu(emb))
     emb = emb + nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype, name='class_embed')(labels)
+    if self.guidance_embed:   # zero at initialisation for every w: the student starts as its teacher
+      w = jnp.zeros(labels.shape, jnp.float32) if w is None else jnp.broadcast_to(w, labels.shape)
+      w_emb = nn.Dense(emb_dim, dtype=self.dtype, name='w_embed_in')(
+          guidance_embedding(w, self.channels))
+      emb = emb + nn.Dense(emb_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                           name='w_embed_out')(nn.silu(w_emb))
+    elif w is not None:
+      raise ValueError('this U-Net takes no w (guidance_embed=False); guide it with two calls')
 
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(z.astype(self.dtype))
     skips = [h]
@@ -153,4 +170,5 @@ def from_config(config):
       attention_head_channels=m.attention_head_channels,
       attention_num_heads=m.attention_num_heads,
       dropout=m.dropout,
+      guidance_embed=m.guidance_embed,
       dtype=jnp.dtype(m.dtype))

@@ -112,6 +112,7 @@ def main(argv):
     pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
   except checkpoint.CheckpointError as e:
     cli.fail(str(e))
+  print(pipe.describe())
   k = pipe.num_classes
   classes = list(range(k)) if classes is None else classes
   cli.require(all(0 <= c < k for c in classes), f'--classes must lie in [0, {k}), got {classes}')
@@ -126,8 +127,9 @@ def main(argv):
   steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
+  rows = total * steps * (1 if pipe.distilled else 2)
   print(f'{total:,} samples ({len(ws)} w x {len(classes)} classes x {n}), {steps} {method} steps '
-        f'each: {2 * total * steps:,} network rows; samples.npz up to {size / 2**20:,.0f} MiB')
+        f'each: {rows:,} network rows; samples.npz up to {size / 2**20:,.0f} MiB')
   if cli.is_main_process():
     free = shutil.disk_usage(existing).free
     cli.require(size < 0.9 * free, f'{total:,} samples need up to {size / 2**30:.1f} GiB in {out}, '
@@ -158,7 +160,8 @@ def main(argv):
     return
   writer.close(labels=labels, w=w)
   names = visualize.class_names(pipe.config)
-  title = f'{method}, {steps} steps, seed {_SEED.value}; ε̃ = (1+w)·ε(z,c) − w·ε(z,∅)'
+  rule = 'distilled ε(z,c,w)' if pipe.distilled else 'ε̃ = (1+w)·ε(z,c) − w·ε(z,∅)'
+  title = f'{method}, {steps} steps, seed {_SEED.value}; {rule}'
   grid = np.concatenate(grid).reshape((len(ws), len(classes), shown) + pipe.shape)
   visualize.guidance_grid(grid, ws, [names[c] for c in classes], os.path.join(out, 'grid.png'),
                           title)
