@@ -9,6 +9,7 @@ for an 8-device mesh (both must be 0), and times whole `--steps_hi`-step runs wi
 interval covering a fraction f of the steps: the network then runs 2B rows only inside it, so
 guided ÷ unguided time per sample should be about 1 + f.
 """
+import functools
 import statistics
 import time
 
@@ -46,15 +47,12 @@ def main(argv):
   n_timing = _DEVICES.value or os.cpu_count()
   runtime.setup(cpu_devices=max(8, n_timing))
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cfg_jax import guidance, inference, model as model_lib, sampling, sharding  # pylint: disable=g-import-not-at-top
 
   config, b = _CONFIG.value, _BATCH.value
   model = model_lib.from_config(config)
-  size, ch = config.data.pad_to or config.data.image_size, config.data.channels
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, ch)), jnp.zeros((1,)),
-                               jnp.zeros((1,), jnp.int32))['params']
+  params = jax.jit(functools.partial(model_lib.init_params, model, config))(jax.random.key(0))
   devices = jax.devices()[:n_timing] if jax.devices()[0].platform == 'cpu' else jax.devices()
   pipe = inference.Pipeline(config, params, sharding.make_mesh({'data': -1}, devices), model=model)
   batch = sharding.batch_sharding(pipe.mesh)
@@ -84,7 +82,7 @@ def main(argv):
 
   # --- One plain forward on 2B rows ------------------------------------------------------------
   forward = jax.jit(lambda p, z, l, y: model.apply({'params': p}, z, l, y))
-  z2 = put(np.random.default_rng(0).normal(size=(2 * b, size, size, ch)).astype(np.float32))
+  z2 = put(np.random.default_rng(0).normal(size=(2 * b,) + pipe.shape).astype(np.float32))
   forward_s = _median_time(lambda: forward(pipe.params, z2, put(np.zeros(2 * b, np.float32)),
                                            put(np.repeat(labels, 2))))
 

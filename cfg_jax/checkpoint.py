@@ -38,22 +38,25 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def options(*, keep=3, read_only=False):
-  """Orbax manager options for every checkpoint the project writes or reads (runs and the
+def open_manager(directory, *, keep=3, read_only=False, item_handlers=None):
+  """The orbax manager of every checkpoint folder the project writes or reads (runs and the
   reference classifier): asynchronous saves that keep the last `keep` steps, or reading only."""
   if read_only:
-    return ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
-                                        save_interval_steps=0)
-  return ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                      cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None,
+                                           save_interval_steps=0)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory, item_handlers=item_handlers, options=options)
 
 
 def manager(workdir, *, keep=3, read_only=False):
+  """The manager of a run's checkpoints (WORKDIR/checkpoints), with its four items."""
   handlers = {'train_state': ocp.StandardCheckpointHandler(),
               'ema_params': ocp.StandardCheckpointHandler(),
               'config': ocp.JsonCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(checkpoint_dir(workdir), item_handlers=handlers,
-                               options=options(keep=keep, read_only=read_only))
+  return open_manager(checkpoint_dir(workdir), keep=keep, read_only=read_only,
+                      item_handlers=handlers)
 
 
 def _split(state):
@@ -196,13 +199,14 @@ def _shapes(tree):
           for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _setting_diffs(saved, config):
-  """'model.channels=8 there, 16 now' for the model and data settings that differ."""
+def setting_diffs(saved, config, sections=('model', 'data'), ignore=()):
+  """'model.channels=8 there, 16 now' for the settings of `sections` that differ between a
+  saved config (a dict) and `config`, but for the keys in `ignore`."""
   plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # JSON turns tuples to lists
   out = []
-  for section in ('model', 'data'):
+  for section in sections:
     old, new = saved.get(section, {}), config[section].to_dict()
-    for key in sorted(old.keys() | new.keys()):
+    for key in sorted((old.keys() | new.keys()) - set(ignore)):
       if plain(old.get(key)) != plain(new.get(key)):
         out.append(f'{section}.{key}={old.get(key)!r} there, {new.get(key)!r} now')
   return out
@@ -228,7 +232,7 @@ def check_compatible(mngr, abstract_state, step, config=None):
   diffs = [f'{k} {saved.get(k, "missing")} in the checkpoint vs {wanted.get(k, "missing")} now'
            for k in sorted(saved.keys() | wanted.keys()) if saved.get(k) != wanted.get(k)]
   if diffs:
-    settings = _setting_diffs(restore_config(mngr, step).to_dict(), config) if config else []
+    settings = setting_diffs(restore_config(mngr, step).to_dict(), config) if config else []
     settings = f' ({", ".join(settings)})' if settings else ''
     raise CheckpointError(
         f'checkpoint {step} in {mngr.directory} was written by a different model config'
@@ -280,14 +284,18 @@ def _merge(config, saved):
         config[key] = tuples(value)
 
 
-def restore_config(mngr, step=None):
-  """The resolved config saved with a checkpoint, over today's defaults: settings added since
+def config_from_json(saved):
+  """The config that a checkpoint's JSON describes, over today's defaults: settings added since
   the checkpoint was written take their defaults (the paper's behaviour)."""
-  step = mngr.latest_step() if step is None else step
-  r = _restore(mngr, step, config=ocp.args.JsonRestore())
   config = config_lib.base_config()
-  _merge(config, r.config)
+  _merge(config, saved)
   return config
+
+
+def restore_config(mngr, step=None):
+  """The resolved config saved with a checkpoint (`config_from_json`)."""
+  step = mngr.latest_step() if step is None else step
+  return config_from_json(_restore(mngr, step, config=ocp.args.JsonRestore()).config)
 
 
 def restore_ema_params(mngr, abstract_params, step=None):

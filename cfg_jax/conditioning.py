@@ -84,11 +84,6 @@ def batch_size(cond):
   return jax.tree.leaves(cond)[0].shape[0]
 
 
-def _images(source):
-  return source.images if isinstance(source, data.ArraySource) else np.stack(
-      [source[i]['image'] for i in range(len(source))])
-
-
 def annotator(config, source):
   """The input pipeline's `annotate(example, index, epoch)` for `config`'s kinds: for 'text',
   the tokens of a caption of the example (cfg_jax.captions; attribute terciles from `source`,
@@ -99,9 +94,8 @@ def annotator(config, source):
     check_embeddings(source, config)
   if 'text' not in kinds:
     return None
-  values = captions.measures(_images(source))
-  labels = np.asarray([source[i]['label'] for i in range(len(source))]) if not isinstance(
-      source, data.ArraySource) else source.labels
+  images, labels = data.all_images(source)
+  values = captions.measures(images)
   captioner = captions.Captioner(values, labels, captions.thresholds(values), config.seed)
   max_len = config.model.text_max_len
 

@@ -4,7 +4,7 @@ import math
 
 import ml_collections
 
-from cfg_jax import conditioning, diffusion, guidance, model, objective, sampling
+from cfg_jax import conditioning, diffusion, guidance, model as model_lib, objective, sampling
 
 
 class ConfigError(ValueError):
@@ -28,8 +28,8 @@ def base_config():
   )
 
   config.diffusion = dict(
-      logsnr_min=-20.0,       # training λ range (and the schedule λ(u) maps onto it)
-      logsnr_max=20.0,
+      logsnr_min=diffusion.LOGSNR_MIN,  # training λ range (the schedule λ(u) maps onto it)
+      logsnr_max=diffusion.LOGSNR_MAX,
       prediction='eps',       # 'eps' (paper) or 'v'
       train_logsnr='cosine',  # λ of Algorithm 1: 'cosine' (paper: λ(u), u ~ U[0,1]) or 'normal'
       train_logsnr_mean=2.4,  # 'normal': λ ~ N(mean, std²), EDM's log-normal σ by default
@@ -52,6 +52,7 @@ def base_config():
       text_heads=4,
       text_max_len=64,        # tokens, BOS included: prompts of up to 63 UTF-8 bytes
       embedding_null='learned',  # the 'embedding' kind's null: 'learned' vector or 'zeros'
+      guidance_embed=False,   # w is an input: a guidance-distilled student (cfg_jax.distill)
   )
 
   # What the model is conditioned on (cfg_jax.conditioning): 'label' (the paper's class
@@ -89,8 +90,8 @@ def base_config():
       steps=256,
       v=0.3,                  # ancestral variance interpolation (paper: 0.3 at 64x64)
       grid='cosine',          # time grid: 'cosine' (paper: uniform u), 'logsnr' (uniform λ), 'edm'
-      logsnr_min=-20.0,       # the grid's λ range (paper: the training range)
-      logsnr_max=20.0,
+      logsnr_min=diffusion.LOGSNR_MIN,  # the grid's λ range (paper: the training range)
+      logsnr_max=diffusion.LOGSNR_MAX,
       rho=7.0,                # 'edm' grid's ρ
       # Guidance beyond the paper's rule (cfg_jax.guidance; 0 or () is off, the paper's default):
       guidance_rule='cfg',    # 'cfg' (paper), 'apg', 'cfgpp'
@@ -106,6 +107,15 @@ def base_config():
       clip=True,              # clip x̃ to [-1, 1]
       guidance=(0.0, 0.3, 1.0, 4.0),
       per_class=4,           # samples per class and w in training grids (0 = no grids)
+  )
+
+  # How a distilled student was made (cfg_jax.distill_train writes it; '' for a trained model).
+  config.distill = dict(
+      stage='',               # 'guidance' (Meng et al. 2023 stage 1) or 'progressive' (stage 2)
+      teacher='',             # the teacher's workdir
+      w_min=0.0,              # the range of w it was distilled on
+      w_max=0.0,
+      round=0,                # progressive: the halving this student is (1, 2, ...)
   )
 
   # Mesh axes: batch over ('data', 'fsdp'); parameters replicated, or sharded over 'fsdp'.
@@ -219,7 +229,7 @@ def _check_condition(config):
   if not kinds or len(set(kinds)) != len(kinds) or not set(kinds) <= set(conditioning.KINDS):
     raise ConfigError(f'config.condition.kinds={kinds}: use one or more distinct kinds of '
                       f'{", ".join(conditioning.KINDS)}')
-  _choice('config.model.embedding_null', config.model.embedding_null, model.EMBEDDING_NULLS)
+  _choice('config.model.embedding_null', config.model.embedding_null, model_lib.EMBEDDING_NULLS)
   sequence = {'text', 'embedding'} & set(kinds)
   if sequence and not config.model.cross_attention_resolutions:
     raise ConfigError(f'config.condition.kinds={kinds} needs cross-attention: set '
@@ -265,7 +275,7 @@ def validate(config):
   _check_condition(config)
   if config.model.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"config.model.dtype={config.model.dtype!r}: use 'float32' or 'bfloat16'")
-  size = config.data.pad_to or config.data.image_size
+  size = model_lib.input_shape(config)[0]
   if size % 2 ** (len(config.model.channel_mult) - 1):
     raise ConfigError(f'config.data.image_size={size} must divide by 2^(levels-1) '
                       f'for channel_mult={tuple(config.model.channel_mult)}; set data.pad_to')

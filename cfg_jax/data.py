@@ -5,7 +5,8 @@ Batches are a pure function of (seed, step): grain shuffles a random-access sour
 permutation per epoch, and the global batch at step s is elements [s·B, (s+1)·B) of that stream.
 Each process reads only its own contiguous slice, so resuming at step s needs nothing but s, and
 a run on P processes sees the same global batches as a run on one.
-Images stay uint8 until they reach the device (`to_model_range`).
+Images stay uint8 until they reach the device (`to_model_range`); `to_unit_range` and
+`to_uint8` are the one conversion between uint8 and [−1, 1].
 """
 import dataclasses
 import gzip
@@ -52,6 +53,14 @@ class ArraySource:
   def __getitem__(self, i):
     return {'image': self.images[i], 'label': self.labels[i],
             **{name: column[i] for name, column in self.columns.items()}}
+
+
+def all_images(source):
+  """(images uint8, labels) of a whole random-access source."""
+  if isinstance(source, ArraySource):
+    return source.images, source.labels
+  items = [source[i] for i in range(len(source))]
+  return np.stack([x['image'] for x in items]), np.asarray([x['label'] for x in items], np.int32)
 
 
 def _read_idx(path, ndim):
@@ -215,9 +224,15 @@ def batches(source, *, seed, global_batch_size, start_step=0, num_threads=4, ann
   return iter(ds.to_iter_dataset(options))
 
 
+def to_unit_range(images):
+  """uint8 [0, 255] → float32 [−1, 1], the range the models and the classifier take (numpy in,
+  numpy out; jax in, jax out)."""
+  return images.astype(np.float32) / 127.5 - 1.0
+
+
 def to_model_range(images, pad_to=0):
   """uint8 [0, 255] → float32 [−1, 1], padded with −1 (black) to `pad_to` if asked."""
-  x = images.astype(jnp.float32) / 127.5 - 1.0
+  x = to_unit_range(images)
   if pad_to and pad_to > x.shape[1]:
     before = (pad_to - x.shape[1]) // 2
     after = pad_to - x.shape[1] - before
@@ -226,5 +241,5 @@ def to_model_range(images, pad_to=0):
 
 
 def to_uint8(x):
-  """[−1, 1] floats → uint8 images, for grids and metrics."""
+  """[−1, 1] floats → uint8 images (rounded, clipped): the inverse of `to_unit_range`."""
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

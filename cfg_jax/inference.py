@@ -10,7 +10,6 @@ import functools
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
@@ -19,8 +18,11 @@ from cfg_jax import checkpoint, conditioning, diffusion, guidance, model as mode
 from cfg_jax import sharding, tokenizer, tuning
 
 
-def eps_fn_for(model, params, prediction='eps', mesh=None):
+def eps_fn_for(model, params, prediction='eps', mesh=None, w=None):
   """The ε(z, λ, c) function the samplers consume, for an ε- or v-prediction U-Net.
+
+  w: (B,) guidance strengths for a distilled student (`model.guidance_embed`), whose one call
+  gives the guided ε; None for a model guided with two calls.
 
   mesh: inside a jitted sampler, gather `params` whole onto every device of `mesh` first. An
   FSDP-sharded EMA is then all-gathered once per sampler call, into a copy that lives only
@@ -31,7 +33,7 @@ def eps_fn_for(model, params, prediction='eps', mesh=None):
     params = jax.lax.with_sharding_constraint(params, sharding.replicated(mesh))
 
   def eps_fn(z, logsnr, cond):
-    out = model.apply({'params': params}, z, logsnr, cond)
+    out = model.apply({'params': params}, z, logsnr, cond, **({} if w is None else {'w': w}))
     return out if prediction == 'eps' else diffusion.eps_from_v(z, out, logsnr)
   return eps_fn
 
@@ -66,11 +68,26 @@ class Pipeline:
 
   def __post_init__(self):
     self.model = self.model or model_lib.from_config(self.config)
+    self.distilled = bool(self.config.model.guidance_embed)
     self.num_classes = self.config.data.num_classes
-    size = self.config.data.pad_to or self.config.data.image_size
-    self.shape = (size, size, self.config.data.channels)
+    self.shape = model_lib.input_shape(self.config)
     self.set_params(self.params)
     self.sample_batch = jax.jit(self._sample_batch, static_argnames=('method', 'clip', 'grid'))
+
+  def __repr__(self):
+    return f'Pipeline({self.describe()})'
+
+  def describe(self):
+    """One line: what model this is and how it samples by default."""
+    s, d = self.config.sample, self.config.distill
+    how = f'{s.method} {s.steps} steps on the {s.grid} grid'
+    if not self.distilled:
+      kinds = tuple(self.config.condition.kinds)
+      what = 'class-conditional' if kinds == ('label',) else f'{" + ".join(kinds)}-conditioned'
+      return f'{what} model; {how}, 2 network rows per guided sample and step'
+    made = (f'{d.stage} distillation' + (f' round {d.round}' if d.round else '')
+            + f' of {d.teacher}, w in [{d.w_min:g}, {d.w_max:g}]')
+    return f'distilled student ({made}); {how}, 1 network row per sample and step at any w'
 
   def set_params(self, params):
     """Swaps in new parameters (e.g. the EMA during training).
@@ -93,21 +110,29 @@ class Pipeline:
     logsnr_range = (λ_min, λ_max) of the time grid; null: what guidance pairs each condition
     with (∅ or a negative prompt), None for class labels (∅ = num_classes). Jitted as
     `sample_batch`."""
+    w = guide.w if self.distilled else None   # a student's guidance is its input w
     return sampling.sample(
-        eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh), labels,
-        guide, key, shape=self.shape, null_label=self.num_classes if null is None else null,
-        steps=steps, method=method,
-        v=v, clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
+        eps_fn_for(self.model, params, self.config.diffusion.prediction, self.mesh, w=w), labels,
+        None if self.distilled else guide, key, shape=self.shape,
+        null_label=self.num_classes if null is None else null, steps=steps, method=method, v=v,
+        clip=clip, indices=indices, grid=grid, logsnr_min=logsnr_range[0],
         logsnr_max=logsnr_range[1], rho=rho)
 
   def guidance(self, w, n, **settings):
     """The `guidance.Guidance` that `sample` uses for n samples: w (scalar or (n,)) with the
-    config's guidance settings and `settings` on top; None for w=None (unguided)."""
-    if w is None:
+    config's guidance settings and `settings` on top; None for w=None (unguided). A distilled
+    student takes w alone (None: 0, its conditional model)."""
+    if w is None and not self.distilled:
       return None
-    w = np.broadcast_to(np.asarray(w, np.float32), (n,))
+    w = np.broadcast_to(np.asarray(0.0 if w is None else w, np.float32), (n,))
     if not np.all(np.isfinite(w)):
       raise ValueError(f'w must be finite, got {w[~np.isfinite(w)][0]}')
+    if self.distilled:
+      given = sorted(k for k, v in settings.items() if v is not None)
+      if given:
+        raise ValueError(f'a distilled student has the paper\'s guidance built in; '
+                         f'{", ".join(given)} do not apply to it')
+      return guidance.Guidance(w=w).per_example(n)
     return guidance.from_settings(w, **guidance_settings(self.config.sample, **settings)).per_example(n)
 
   def condition(self, labels=None, prompts=None, embeddings=None, negative_prompts=None):
@@ -166,7 +191,8 @@ class Pipeline:
     conditioned on, see `condition`) at guidance w (scalar or (N,); None: the unguided model; by
     default the w chosen for this checkpoint by a sweep, else 0). `negative_prompts` (one
     string, or N) take the place of the empty prompt in the guided rule:
-    ε̃ = (1 + w)·ε(z, c) − w·ε(z, c_neg). Guidance settings default to
+    ε̃ = (1 + w)·ε(z, c) − w·ε(z, c_neg). A distilled student runs one B-row call per step at
+    any w, with its own steps and sampler. Guidance settings default to
     the config's `sample` group; override any by name (rule='apg', interval=(lo, hi),
     rescale=0.7, threshold=0.995, schedule='linear', ...; see `guidance.from_settings`).
 
@@ -231,11 +257,8 @@ def load(workdir, step=None, devices=None):
   config = checkpoint.restore_config(mngr, step)
   mesh = sharding.make_mesh({'data': -1, 'fsdp': 1}, devices)
   model = model_lib.from_config(config)
-  size = config.data.pad_to or config.data.image_size
-  init = functools.partial(model.init, z=jnp.zeros((1, size, size, config.data.channels)),
-                           logsnr=jnp.zeros((1,)), cond=conditioning.example(config))
-  abstract = sharding.abstract(jax.eval_shape(init, jax.random.key(0))['params'],
-                              sharding.replicated(mesh))
+  abstract = sharding.abstract_output(functools.partial(model_lib.init_params, model, config),
+                                     jax.random.key(0), shardings=sharding.replicated(mesh))
   params = checkpoint.restore_ema_params(mngr, abstract, step)
   return Pipeline(config=config, params=params, mesh=mesh, model=model,
                   tuned=tuning.load_choice(workdir))

@@ -2,7 +2,9 @@
 
 The class embedding (with one extra row, index `num_classes`, for the null label ∅) is added to
 the noise-level embedding and enters every residual block through scale-shift normalisation.
-Nothing here knows about guidance: the null label is just another class.
+Nothing here knows about guidance: the null label is just another class. A guidance-distilled
+student (`guidance_embed`, Meng et al. 2023) also takes the guidance strength w, through a
+sinusoidal embedding and an MLP whose last layer starts at zero, so that it starts as its teacher.
 
 Beyond labels, the condition may be a dict of kinds (cfg_jax.conditioning): a token sequence for
 the built-in text encoder or precomputed embeddings. Their sequence enters through
@@ -18,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cfg_jax import diffusion, text_encoder
+from cfg_jax import conditioning, diffusion, text_encoder
 
 
 def _groups(channels, max_groups=32):
@@ -31,6 +33,12 @@ def timestep_embedding(t, dim, max_period=10_000.0):
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = 1000.0 * t[:, None].astype(jnp.float32) * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def guidance_embedding(w, dim):
+  """Sinusoidal embedding of w, as t = w/100: periods from 0.2π (finer than the steps of a w
+  sweep) to 2000π in w."""
+  return timestep_embedding(0.01 * w, dim)
 
 
 def _resample(x, factor):
@@ -118,6 +126,7 @@ class UNet(nn.Module):
   text_heads: int = 4
   text_max_len: int = 64
   embedding_null: str = 'learned'   # the 'embedding' kind's ∅: a learned vector or zeros
+  guidance_embed: bool = False   # a distilled student: w is an input (default 0)
   dtype: jnp.dtype = jnp.float32
 
   def _context(self, cond):
@@ -144,8 +153,9 @@ class UNet(nn.Module):
     return (jnp.concatenate([c for c, _ in parts], 1), jnp.concatenate([m for _, m in parts], 1))
 
   @nn.compact
-  def __call__(self, z, logsnr, cond, *, train=False):
-    """cond: (B,) class labels, or a dict of condition kinds (cfg_jax.conditioning)."""
+  def __call__(self, z, logsnr, cond, w=None, *, train=False):
+    """cond: (B,) class labels, or a dict of condition kinds (cfg_jax.conditioning); w: the
+    guidance strength, for a `guidance_embed` student only."""
     emb_dim = 4 * self.channels
     block = lambda c, **kw: ResBlock(c, self.dropout, dtype=self.dtype, **kw)
     attn = lambda: AttentionBlock(self.attention_head_channels, self.attention_num_heads,
@@ -167,6 +177,15 @@ class UNet(nn.Module):
       weights = mask.astype(context.dtype)[..., None]
       pooled = jnp.sum(context * weights, 1) / jnp.maximum(jnp.sum(weights, 1), 1.0)
       emb = emb + nn.Dense(emb_dim, dtype=self.dtype, name='pooled_proj')(pooled)
+    if self.guidance_embed:   # zero at initialisation for every w: the student starts as its teacher
+      b = z.shape[0]
+      w = jnp.zeros((b,), jnp.float32) if w is None else jnp.broadcast_to(w, (b,))
+      w_emb = nn.Dense(emb_dim, dtype=self.dtype, name='w_embed_in')(
+          guidance_embedding(w, self.channels))
+      emb = emb + nn.Dense(emb_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                           name='w_embed_out')(nn.silu(w_emb))
+    elif w is not None:
+      raise ValueError('this U-Net takes no w (guidance_embed=False); guide it with two calls')
 
     def attend(h):
       """Self-attention and cross-attention wherever this resolution has them."""
@@ -204,6 +223,19 @@ class UNet(nn.Module):
     return out.astype(jnp.float32)
 
 
+def input_shape(config):
+  """(H, W, C) of the U-Net's input: the data's images, padded to `data.pad_to` if set."""
+  size = config.data.pad_to or config.data.image_size
+  return (size, size, config.data.channels)
+
+
+def init_params(model, config, rng):
+  """`model`'s parameters, initialised on one dummy example of `config`'s input shape and
+  condition kinds."""
+  return model.init(rng, jnp.zeros((1,) + input_shape(config)), jnp.zeros((1,)),
+                    conditioning.example(config))['params']
+
+
 def from_config(config):
   """The U-Net described by `config.model`, for `config.data.num_classes` classes."""
   m = config.model
@@ -222,4 +254,5 @@ def from_config(config):
       text_heads=m.text_heads,
       text_max_len=m.text_max_len,
       embedding_null=m.embedding_null,
+      guidance_embed=m.guidance_embed,
       dtype=jnp.dtype(m.dtype))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfg_jax import conditioning, data, diffusion
+from cfg_jax import conditioning, data, diffusion, model as model_lib
 
 
 @flax.struct.dataclass
@@ -96,43 +96,50 @@ def step_rng(seed, step):
   return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def loss_fn(params, model, images, labels, rng, config, *, train=True):
-  """‖ε_θ(z_λ, c) − ε‖² (or the v-loss), weighted per example by `config.train.loss_weighting`
-  ('none': the paper's plain loss), averaged over pixels and batch; `labels`: the condition
-  (cfg_jax.conditioning), already dropped."""
-  rng_u, rng_eps, rng_dropout = jax.random.split(rng, 3)
-  d, t = config.diffusion, config.train
+def noisy_batch(rng_u, rng_eps, images, config):
+  """(x, λ, ε, z_λ): images in the model's range, training noise levels (config.diffusion) and
+  the noisy inputs of Algorithm 1."""
+  d = config.diffusion
   x = data.to_model_range(images, config.data.pad_to)
   logsnr = diffusion.sample_training_logsnr(
       rng_u, (x.shape[0],), kind=d.train_logsnr, logsnr_min=d.logsnr_min,
       logsnr_max=d.logsnr_max, mean=d.train_logsnr_mean, std=d.train_logsnr_std)
   eps = jax.random.normal(rng_eps, x.shape)
-  z = diffusion.diffuse(x, logsnr, eps)
-  target = eps if d.prediction == 'eps' else diffusion.v_target(x, eps, logsnr)
-  out = model.apply({'params': params}, z, logsnr, labels, train=train,
-                    rngs={'dropout': rng_dropout})
-  mse = jnp.mean(jnp.square(out - target), axis=tuple(range(1, x.ndim)))
-  weight = jnp.exp(log_loss_weight(logsnr, weighting=t.loss_weighting, prediction=d.prediction,
+  return x, logsnr, eps, diffusion.diffuse(x, logsnr, eps)
+
+
+def weighted_mse(out, target, logsnr, config):
+  """The squared error of the network's own target (ε or v), averaged over pixels, weighted
+  per example by `config.train.loss_weighting` and averaged over the batch."""
+  t = config.train
+  mse = jnp.mean(jnp.square(out - target), axis=tuple(range(1, out.ndim)))
+  weight = jnp.exp(log_loss_weight(logsnr, weighting=t.loss_weighting,
+                                   prediction=config.diffusion.prediction,
                                    gamma=t.min_snr_gamma, sigma_data=t.edm_sigma_data))
   return jnp.mean(weight * mse)
 
 
+def loss_fn(params, model, images, labels, rng, config, *, train=True):
+  """‖ε_θ(z_λ, c) − ε‖² (or the v-loss), weighted per example by `config.train.loss_weighting`
+  ('none': the paper's plain loss), averaged over pixels and batch; `labels`: the condition
+  (cfg_jax.conditioning), already dropped."""
+  rng_u, rng_eps, rng_dropout = jax.random.split(rng, 3)
+  x, logsnr, eps, z = noisy_batch(rng_u, rng_eps, images, config)
+  target = eps if config.diffusion.prediction == 'eps' else diffusion.v_target(x, eps, logsnr)
+  out = model.apply({'params': params}, z, logsnr, labels, train=train,
+                    rngs={'dropout': rng_dropout})
+  return weighted_mse(out, target, logsnr, config)
+
+
 def init_state(model, tx, config, rng):
-  size, ch = config.data.pad_to or config.data.image_size, config.data.channels
-  z = jnp.zeros((1, size, size, ch), jnp.float32)
-  params = model.init(rng, z, jnp.zeros((1,)), conditioning.example(config))['params']
+  params = model_lib.init_params(model, config, rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
 
 
-def train_step(state, batch, *, model, tx, schedule, config):
-  """One step of Algorithm 1. A non-finite loss, gradient or update leaves the state unchanged."""
-  rng_drop, rng_loss = jax.random.split(step_rng(config.seed, state.step))
-  cond = conditioning.from_batch(batch, config.condition.kinds)
-  labels = drop_condition(rng_drop, cond, conditioning.p_uncond(config),
-                          conditioning.null_like(cond, config.data.num_classes))
-  loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch['image'], labels,
-                                            rng_loss, config)
+def apply_gradients(state, loss, grads, *, tx, schedule, config):
+  """The optimizer and EMA update of `state` by `grads`, and the step's metrics. A non-finite
+  loss, gradient or update leaves the state unchanged (but for the step counters)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay(state.step, config.train.ema_decay, config.train.ema_power)
@@ -151,3 +158,14 @@ def train_step(state, batch, *, model, tx, schedule, config):
   metrics = {'loss': loss, 'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
              'nonfinite': jnp.logical_not(finite).astype(jnp.int32)}
   return new_state, metrics
+
+
+def train_step(state, batch, *, model, tx, schedule, config):
+  """One step of Algorithm 1. A non-finite loss, gradient or update leaves the state unchanged."""
+  rng_drop, rng_loss = jax.random.split(step_rng(config.seed, state.step))
+  cond = conditioning.from_batch(batch, config.condition.kinds)
+  labels = drop_condition(rng_drop, cond, conditioning.p_uncond(config),
+                          conditioning.null_like(cond, config.data.num_classes))
+  loss, grads = jax.value_and_grad(loss_fn)(state.params, model, batch['image'], labels,
+                                            rng_loss, config)
+  return apply_gradients(state, loss, grads, tx=tx, schedule=schedule, config=config)

@@ -1,9 +1,9 @@
-"""Command-line flags for the time grid and the guidance variants, shared by launch/sample.py
-and launch/evaluate.py.
+"""Command-line flags for the sampler, the time grid and the guidance variants, shared by
+launch/sample.py, launch/evaluate.py and launch/evaluate_text.py.
 
 Each flag left unset keeps the checkpoint config's `sample` setting (the paper's rule unless the
-config says otherwise); `overrides()` returns the ones given, checked, as keyword arguments of
-`Pipeline.sample`.
+config says otherwise); `overrides()` returns the grid and guidance ones given, checked, as
+keyword arguments of `Pipeline.sample`.
 """
 import math
 
@@ -11,6 +11,8 @@ from absl import flags
 
 from cfg_jax import guidance, sampling
 
+SAMPLER = flags.DEFINE_enum('sampler', None, sampling.METHODS,
+                            f'{", ".join(sampling.METHODS)} (default: the config\'s).')
 _GRID = flags.DEFINE_enum('grid', None, sampling.GRIDS, 'Time grid: cosine (paper: uniform u), '
                           'logsnr (uniform λ), edm (ρ-spacing of σ).')
 _GRID_LOGSNR = flags.DEFINE_list('grid_logsnr', None, 'λ_min,λ_max of the time grid.')

@@ -69,6 +69,13 @@ def abstract(tree, shardings):
                       tree, shardings)
 
 
+def abstract_output(fn, *args, shardings):
+  """The abstract output of fn(*args) (jax.eval_shape: nothing runs or is allocated) laid out as
+  `shardings`: one sharding, a matching tree, or a function of the abstract output giving one."""
+  tree = jax.eval_shape(fn, *args)
+  return abstract(tree, shardings(tree) if callable(shardings) else shardings)
+
+
 def global_batch(local_batch, mesh):
   """Turns this process's slice of the batch (numpy) into one global, sharded jax.Array."""
   sharding = batch_sharding(mesh)

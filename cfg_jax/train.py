@@ -1,8 +1,9 @@
 """The training loop: `train(config, workdir)`, importable by tests and notebooks.
 
 Reads top to bottom: workdir → mesh → data → model and optimizer → sharded, compiled step →
-restore or initialise → loop (log, checkpoint, sample, stop on SIGTERM or Ctrl-C) → final checkpoint.
-The math lives in `cfg_jax.objective`; this module only owns side effects.
+`loop`: restore or initialise → steps (log, checkpoint, sample, stop on SIGTERM or Ctrl-C) →
+final checkpoint. `loop` takes any built step and data, so distillation runs it too
+(cfg_jax.distill_train). The math lives in `cfg_jax.objective`; this module only owns side effects.
 """
 import functools
 import logging
@@ -13,7 +14,6 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tensorboardX
 import tqdm
 from etils import epath
@@ -51,15 +51,17 @@ def build(config, mesh):
   model = model_lib.from_config(config)
   tx, schedule = objective.make_optimizer(config.train)
   init = functools.partial(objective.init_state, model, tx, config)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sharding = sharding.state_shardings(mesh, abstract, config.mesh.fsdp_min_bytes)
+  abstract_state = sharding.abstract_output(
+      init, jax.random.key(config.seed),
+      shardings=lambda tree: sharding.state_shardings(mesh, tree, config.mesh.fsdp_min_bytes))
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
   init = jax.jit(init, out_shardings=state_sharding)
   step = jax.jit(
       functools.partial(objective.train_step, model=model, tx=tx, schedule=schedule, config=config),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=0)
-  return Built(model, init, step, sharding.abstract(abstract, state_sharding))
+  return Built(model, init, step, abstract_state)
 
 
 def _log_metrics(writer, step, metrics, bar):
@@ -74,13 +76,12 @@ def write_guidance_grid(pipe, params, workdir, step):
   """Samples config.sample.per_class images per class at each w of config.sample.guidance
   (text models: for each class's plainest prompt, "a t-shirt", …)."""
   s, k = pipe.config.sample, pipe.num_classes
-  ws = np.asarray(s.guidance, np.float32)
-  labels = np.tile(np.repeat(np.arange(k), s.per_class), len(ws))
+  ws = list(s.guidance)
+  w, labels = visualize.grid_inputs(ws, range(k), s.per_class)
   kinds = pipe.config.condition.kinds
   prompts = captions.class_prompts(labels) if 'text' in kinds else None
   pipe.set_params(params)
-  x = pipe.sample(labels if 'label' in kinds else None, np.repeat(ws, k * s.per_class),
-                  prompts=prompts, seed=0)
+  x = pipe.sample(labels if 'label' in kinds else None, w, prompts=prompts, seed=0)
   if jax.process_index() == 0:
     path = epath.Path(workdir) / 'samples' / f'grid_{step:07d}.png'
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,42 +111,53 @@ def train(config, workdir, stop=None):
 
   SIGTERM or Ctrl-C saves a checkpoint after the current step and returns early (state.step
   tells). stop: the runtime.StopSignal to obey (a launcher's, installed before compiling, names
-  the signal); default: one installed when the loop starts. One run per workdir at a time.
+  the signal); default: one installed before the loop starts. One run per workdir at a time.
   """
   config = config_lib.validate(config)
   check_workdir(workdir)
   with workdir_lock.held(workdir):
-    return _train(config, workdir, stop)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_divisible(config.train.batch_size, mesh)
+    # Data before compiling, so that a missing data set fails fast.
+    source = data.load_source(config.data, config.data.train_split)
+    annotate = conditioning.annotator(config, source)   # captions for text conditioning
+    built = build(config, mesh)
+    stop = stop or runtime.StopSignal()
+    try:
+      return loop(config, workdir, mesh, built,
+                  functools.partial(data_batches, source, config, annotate=annotate), stop)
+    finally:
+      stop.close()
 
 
-def _train(config, workdir, stop):
+def data_batches(source, config, start, annotate=None):
+  """The training batches of `config` from step `start` (a pure function of seed and step);
+  annotate: `conditioning.annotator(config, source)`, which adds each example's caption."""
+  return data.batches(source, seed=config.seed, global_batch_size=config.train.batch_size,
+                      start_step=start, num_threads=config.data.num_threads, annotate=annotate)
+
+
+def loop(config, workdir, mesh, built, batches, stop):
+  """Restores `built`'s state from `workdir` (else `built.init(key(config.seed))`) and runs
+  `built.step` to config.train.num_steps: logs, checkpoints, guidance grids, and a save and
+  early return when `stop` is reached. batches(start_step): the host batches from that step.
+
+  Shared by training and distillation; the caller holds the workdir lock and owns `stop`.
+  """
   t = config.train
   is_main = jax.process_index() == 0
-
-  # --- Mesh -------------------------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_divisible(t.batch_size, mesh)
-
-  # --- Data (before compiling, so that a missing data set fails fast) -----------------------
-  source = data.load_source(config.data, config.data.train_split)
-  annotate = conditioning.annotator(config, source)   # captions for text conditioning
-
-  # --- Model, optimizer, compiled step ----------------------------------------------------
-  model, init, train_step, abstract_state = build(config, mesh)
 
   # --- Restore or initialise --------------------------------------------------------------
   mngr = checkpoint.manager(workdir, keep=t.keep_checkpoints)
   if mngr.latest_step() is not None:
-    state = checkpoint.restore(mngr, abstract_state, config=config)
+    state = checkpoint.restore(mngr, built.abstract_state, config=config)
     log.info('resumed from step %d in %s', int(state.step), workdir)
   else:
-    state = init(jax.random.key(config.seed))
+    state = built.init(jax.random.key(config.seed))
   start = int(jax.device_get(state.step))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info('%s params on mesh %s; steps %d -> %d', f'{n_params:,}', dict(mesh.shape), start, t.num_steps)
-  batches = data.batches(source, seed=config.seed, global_batch_size=t.batch_size,
-                         start_step=start, num_threads=config.data.num_threads,
-                         annotate=annotate)
+  batches = batches(start)
 
   # --- Loop -------------------------------------------------------------------------------
   writer = None  # opened at the first log, so that a run failing before it writes nothing
@@ -153,13 +165,12 @@ def _train(config, workdir, stop):
                   unit='step', dynamic_ncols=True)
   window_start, window_steps = time.perf_counter(), 0
   pipe = None
-  stop = stop or runtime.StopSignal()
   window = None   # metrics summed on the device since the last log; read only at log steps
   try:
     for step in range(start, t.num_steps):
       batch = next(batches)
       data.check_labels(batch['label'], config.data.num_classes)
-      state, metrics = train_step(state, sharding.global_batch(batch, mesh))
+      state, metrics = built.step(state, sharding.global_batch(batch, mesh))
       window = metrics if window is None else jax.tree.map(jnp.add, window, metrics)
       window_steps += 1
       bar.update(1)
@@ -197,10 +208,9 @@ def _train(config, workdir, stop):
         break
       if config.sample.per_class and 'embedding' not in config.condition.kinds and (
           (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):
-        pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=model)
+        pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=built.model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:
-    stop.close()
     bar.close()
     mngr.wait_until_finished()
     if writer is not None:

@@ -1,6 +1,6 @@
 """Choosing w for a checkpoint from a guidance sweep, and keeping the choice beside it.
 
-The paper leaves w to manual tuning. A sweep (`metrics.sweep`) scores each setting; `choose`
+The paper leaves w to manual tuning. A sweep (`cfg_jax.eval.evaluate_workdir`) scores each setting; `choose`
 picks the one with the lowest FD-clf, or, given a bound, the highest class agreement among
 those whose FD-clf stays within it. `save_choice` writes it to WORKDIR/guidance.json, which
 `cfg_jax.load(workdir)` reads, so `pipe.sample(labels)` and `launch/sample.py` use it when no w

@@ -19,8 +19,17 @@ def montage(images, cols):
   return canvas
 
 
+def grid_inputs(w_values, classes, per_class):
+  """(w, labels), both (len(w_values)·len(classes)·per_class,): the flat batch of a guidance
+  grid in (w, class, repeat) order, so that its samples reshape to `guidance_grid`'s layout."""
+  w = np.repeat(np.asarray(w_values, np.float32), len(classes) * per_class)
+  labels = np.tile(np.repeat(np.asarray(classes, np.int32), per_class), len(w_values))
+  return w, labels
+
+
 def guidance_grid(samples, w_values, class_names, path, title=None):
-  """Saves a labelled PNG of `samples`, shaped (len(w), num_classes, per_class, H, W, C) in [−1, 1]."""
+  """Saves a labelled PNG of `samples`, shaped (len(w), num_classes, per_class, H, W, C) in [−1, 1]
+  (the flat batch of `grid_inputs`, reshaped)."""
   n_w, n_cls, per_class = samples.shape[:3]
   fig, axes = plt.subplots(1, n_w, figsize=(1.0 + 0.45 * per_class * n_w, 0.9 + 0.45 * n_cls),
                            squeeze=False)

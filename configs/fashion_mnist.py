@@ -26,8 +26,7 @@ def get_config(variant=''):
   config.model.update(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                       attention_resolutions=(7,), attention_head_channels=32, dropout=0.0)
   config.train.update(num_steps=2000, batch_size=64, learning_rate=1e-3, warmup_steps=100,
-                      loss_weighting='min_snr', ema_decay=0.998,
-                      log_every=50, checkpoint_every=250)
+                      loss_weighting='min_snr', ema_decay=0.998, checkpoint_every=250)
   config.sample.update(method='dpmpp2m', steps=24, per_class=8, grid='edm',
                        logsnr_min=-8.764, logsnr_max=12.43)   # −2 ln 80, −2 ln 0.002
 

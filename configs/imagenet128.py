@@ -16,14 +16,14 @@ from cfg_jax import config_lib
 
 
 def get_config():
+  """What differs from config_lib.base_config(); the settings above are the result."""
   config = config_lib.base_config()
-  config.data.update(name='imagenet2012_128x128', train_split='train', eval_split='validation',
-                     image_size=128, channels=3, num_classes=1000, num_threads=16)
-  config.model.update(channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
+  config.data.update(name='imagenet2012_128x128', eval_split='validation', image_size=128,
+                     channels=3, num_classes=1000, num_threads=16)
+  config.model.update(channels=256, channel_mult=(1, 1, 2, 3, 4),
                       attention_resolutions=(32, 16, 8), attention_num_heads=4, dropout=0.0,
                       dtype='bfloat16')
-  config.train.update(num_steps=2_700_000, batch_size=256, p_uncond=0.1, learning_rate=1e-4,
-                      warmup_steps=1000, grad_clip=1.0, ema_decay=0.9999, log_every=100,
-                      checkpoint_every=10_000, keep_checkpoints=3)
-  config.sample.update(method='ancestral', steps=256, v=0.2, clip=True, per_class=0)
+  config.train.update(num_steps=2_700_000, batch_size=256, learning_rate=1e-4, log_every=100,
+                      checkpoint_every=10_000)
+  config.sample.update(v=0.2, per_class=0)
   return config

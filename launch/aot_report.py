@@ -4,12 +4,12 @@
       [--config.mesh.fsdp=8 --sample_batch=2048]
 
 Simulates N CPU devices, builds the config's mesh, lowers the sharded train step and the guided
-sampler (on the EMA laid out as training holds it, as the training sample grids use it) from
-abstract shapes (jax.ShapeDtypeStruct with shardings), compiles them with XLA and prints:
-parameters; FLOPs per device per step (XLA cost analysis); per-device memory (XLA memory
-analysis: arguments, outputs, temporaries, donated); the collectives of each compiled program
-by kind (count and bytes per device); and the time per step that the FLOPs imply at a chip's
-peak FLOP/s (TPU v4 275, v5e 197, v5p 459, v6e 918, H100 989 bf16 TFLOP/s).
+sampler `Pipeline.sample_batch` (on the EMA laid out as training holds it, as the training
+sample grids use it) from abstract shapes (jax.ShapeDtypeStruct with shardings), compiles them
+with XLA and prints: parameters; FLOPs per device per step (XLA cost analysis); per-device
+memory (XLA memory analysis: arguments, outputs, temporaries, donated); the collectives of each
+compiled program by kind (count and bytes per device); and the time per step that the FLOPs
+imply at a chip's peak FLOP/s (TPU v4 275, v5e 197, v5p 459, v6e 918, H100 989 bf16 TFLOP/s).
 
 The figures come from XLA's CPU compiler. FLOPs are exact for the program; memory is the CPU
 compiler's schedule, which keeps bfloat16 convolutions in float32 and fuses differently, so
@@ -44,9 +44,9 @@ def _ms(seconds):
   return f'{seconds * 1e3:.1f} ms' if seconds >= 1e-3 else f'{seconds * 1e6:.0f} us'
 
 
-def _compile(fn, *args):
+def _compile(fn, *args, **static):
   start = time.perf_counter()
-  lowered = fn.lower(*args)
+  lowered = fn.lower(*args, **static)
   compiled = lowered.compile()
   return compiled, time.perf_counter() - start
 
@@ -71,11 +71,12 @@ def _collectives(hlo_text):
   return dict(out)
 
 
-def _report(name, compiled, seconds, peak_tflops, what):
-  """One block of figures for a compiled program; returns its FLOPs per device."""
+def _report(name, compiled, seconds, peak_tflops, what, calls=1):
+  """One block of figures for a compiled program that runs `what` `calls` times; returns the
+  FLOPs per device of one."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', 0.0))
+  flops = float(cost.get('flops', 0.0)) / calls
   m = compiled.memory_analysis()
   total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes)
@@ -107,7 +108,7 @@ def main(argv):
   jax.config.update('jax_platforms', 'cpu')   # simulated devices, even on an accelerator host
   cli.setup_runtime(cpu_devices=_DEVICES.value, single_process=True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cfg_jax import config_lib, inference, sampling, sharding, train  # pylint: disable=g-import-not-at-top
+  from cfg_jax import config_lib, guidance, inference, sharding, train  # pylint: disable=g-import-not-at-top
   cli.quiet_logging()
 
   config = _CONFIG.value
@@ -118,7 +119,6 @@ def main(argv):
   except config_lib.ConfigError as e:
     cli.fail(str(e))
   b, size, ch = config.train.batch_size, config.data.image_size, config.data.channels
-  model_size = config.data.pad_to or size
   print(f'{config.data.name}: {size}x{size}x{ch}, {config.data.num_classes} classes, '
         f'{config.model.dtype} compute; mesh {dict(mesh.shape)} of {mesh.size} simulated '
         f'devices; global batch {b} ({b // mesh.size} per device)')
@@ -139,41 +139,23 @@ def main(argv):
   if _SKIP_SAMPLER.value:
     return
 
-  # --- Guided sampler: the whole loop (one program for every w, step count and seed) ------
+  # --- Guided sampler: Pipeline.sample_batch, one program for every w, step count and seed ---
   s = config.sample
   n = _SAMPLE_BATCH.value or b
   n = max(mesh.size, n // mesh.size * mesh.size)
-  replicated = sharding.replicated(mesh)
-  params = abstract_state.ema_params   # laid out as training holds the EMA (FSDP-sharded or not)
+  pipe = inference.Pipeline(config, None, mesh, model=model)   # parameters are an argument
   per_sample = lambda dtype: jax.ShapeDtypeStruct((n,), dtype, sharding=batch_sharding)
-  eps_fn = lambda p: inference.eps_fn_for(model, p, config.diffusion.prediction, mesh)
-
-  def sample(p, labels, w, key, steps):
-    return sampling.sample(eps_fn(p), labels, w, key, shape=(model_size, model_size, ch),
-                           null_label=config.data.num_classes, steps=steps, method=s.method,
-                           v=s.v, clip=s.clip, grid=s.grid, logsnr_min=s.logsnr_min,
-                           logsnr_max=s.logsnr_max, rho=s.rho)
-
-  def guided_call(p, z, labels):
-    """One sampler step's network call: conditional and null rows of every example."""
-    pairs = jnp.repeat(z, 2, axis=0)
-    pair_labels = jnp.stack([labels, jnp.full_like(labels, config.data.num_classes)], 1)
-    return eps_fn(p)(pairs, jnp.zeros((2 * n,)), pair_labels.reshape(-1))
-
-  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-  steps = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-  compiled, seconds = _compile(jax.jit(sample), params, per_sample(jnp.int32),
-                               per_sample(jnp.float32), key, steps)
-  m = compiled.memory_analysis()
-  print(f'guided sampler, {s.method}, {n} samples per call (compiled in {seconds:.0f} s)\n'
-        f'  memory per device: arguments {_gib(m.argument_size_in_bytes)}, temporaries '
-        f'{_gib(m.temp_size_in_bytes)}, outputs {_gib(m.output_size_in_bytes)}\n'
-        f'  collectives per device, in the program (a loop body counts once): '
-        f'{_collectives_line(compiled)}')
-  z = jax.ShapeDtypeStruct((n, model_size, model_size, ch), jnp.float32, sharding=batch_sharding)
-  compiled, seconds = _compile(jax.jit(guided_call), params, z, per_sample(jnp.int32))
-  flops = _report(f'one guided sampling step ({2 * n} network rows)', compiled, seconds,
-                  _PEAK.value, 'sampling step')
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=sharding.replicated(mesh))
+  compiled, seconds = _compile(
+      pipe.sample_batch, abstract_state.ema_params,   # the EMA as training holds it
+      per_sample(jnp.int32), guidance.Guidance(w=per_sample(jnp.float32)), per_sample(jnp.int32),
+      scalar(jax.random.key(0).dtype), scalar(jnp.int32), scalar(jnp.float32),
+      (scalar(jnp.float32), scalar(jnp.float32)), scalar(jnp.float32),
+      method=s.method, clip=s.clip, grid=s.grid)
+  # XLA counts a loop body once: the program is one sampling step (the loop body) and the final
+  # denoising call, each one guided network call on 2n rows.
+  flops = _report(f'guided sampler, {s.method}, {n} samples per call ({2 * n} network rows per '
+                  'step)', compiled, seconds, _PEAK.value, 'sampling step', calls=2)
   print(f'  {s.steps} steps for {n} samples take >= '
         f'{flops / (_PEAK.value * 1e12) * s.steps:.3g} s at peak')
 

@@ -15,7 +15,8 @@ import os
 from absl import flags
 import numpy as np
 
-from cfg_jax import cli, metrics
+from cfg_jax import cli
+from cfg_jax.eval import metrics, report
 
 _EVALS = flags.DEFINE_list('evals', None, 'Folders holding a metrics.json each.')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension (.png and .md).')
@@ -34,7 +35,7 @@ def _load(folder):
     cli.fail(f'cannot read {path} ({e}); run launch/evaluate.py --out={folder} first')
   if not result.get('rows'):
     cli.fail(f'{path} has no rows yet; let launch/evaluate.py finish')
-  return result
+  return dict(result, folder=folder)
 
 
 def _check_comparable(results, folders):
@@ -49,11 +50,23 @@ def _check_comparable(results, folders):
 
 
 def _labels(results):
-  ps = [r['settings']['p_uncond'] for r in results]
-  if len(set(ps)) == len(ps):
-    return [f'p_uncond={p:g}' for p in ps]
-  return [f'{os.path.basename(r["settings"]["workdir"])}@{r["settings"]["checkpoint_step"]}'
-          for r in results]
+  """Names that tell the runs apart: p_uncond, else the checkpoint, else the sampling settings
+  (e.g. the guidance rule and its parameters), else the folder."""
+  candidates = (
+      [f'p_uncond={r["settings"]["p_uncond"]:g}' for r in results],
+      [f'{os.path.basename(r["settings"]["workdir"])}@{r["settings"]["checkpoint_step"]}'
+       for r in results],
+      [', '.join(f'{k}={_setting(v)}' for k, v in
+                 sorted(r['settings'].get('sample_settings', {}).items())) or 'cfg'
+       for r in results],
+      [os.path.basename(os.path.normpath(r['folder'])) for r in results])
+  return next((c for c in candidates if len(set(c)) == len(c)), candidates[-1])
+
+
+def _setting(value):
+  if isinstance(value, (list, tuple)):
+    return ','.join(f'{v:g}' for v in value)
+  return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def _levels(runs, key, n):
@@ -76,7 +89,7 @@ def _per_w_table(runs, header, cell):
   return lines
 
 
-def report(runs, results, num_levels):
+def comparison(runs, results, num_levels):
   """The Markdown comparison of runs {label: rows}."""
   s, labels = results[0]['settings'], list(runs)
   lines = [f'Extractor {results[0]["extractor"]["description"]}; reference '
@@ -107,15 +120,16 @@ def main(argv):
   cli.require(len(folders) >= 2, '--evals needs at least two folders to compare')
   cli.require(_LEVELS.value >= 1, f'--levels must be >= 1, got {_LEVELS.value}')
   cli.setup_runtime(single_process=True)
+  cli.quiet_logging()
   cli.check_writable(os.path.dirname(os.path.abspath(_OUT.value)), '--out')
   results = [_load(folder) for folder in folders]
   _check_comparable(results, folders)
   runs = dict(zip(_labels(results), (r['rows'] for r in results)))
-  text = report(runs, results, _LEVELS.value)
+  text = comparison(runs, results, _LEVELS.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value + '.md', 'w', encoding='utf-8') as f:
     f.write(text + '\n')
-  metrics.plot_tradeoff(runs, _OUT.value + '.png', results[0].get('real'),
+  report.plot_tradeoff(runs, _OUT.value + '.png', results[0].get('real'),
                         title='guidance sweeps compared')
   print(text)
   print(f'wrote {_OUT.value}.md, {_OUT.value}.png')

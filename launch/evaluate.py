@@ -13,6 +13,7 @@ minutes) against the real test split, and writes to OUT:
   grid.png       --grid_per_class samples per class at each w;
   samples_w*.npz the samples, so a rerun of an interrupted sweep skips finished w values.
 OUT is checked to be writable before anything is computed. Runs in one process (one host).
+The work is `cfg_jax.eval.evaluate_workdir`, which notebooks/evaluate_checkpoint.ipynb calls too.
 
 Guidance variants and the time grid take the flags of launch/sample.py (--guidance_rule,
 --interval, --rescale, --threshold, --apg_*, --w_schedule, --grid, --grid_logsnr). --choose
@@ -34,7 +35,6 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default
 _GUIDANCE = flags.DEFINE_list('guidance', DEFAULT_GUIDANCE, 'Values of w (paper convention).')
 _NUM = flags.DEFINE_integer('num_samples', 2000, 'Samples per w (classes balanced).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v (default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (and the seed of the real-data subsets).')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
@@ -81,134 +81,39 @@ def main(argv):
   ws, sample_settings = _check_flags()
   cli.setup_runtime(single_process=True)
   cli.quiet_logging()
-  import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, sampling, workdir_lock  # pylint: disable=g-import-not-at-top
+  from cfg_jax import eval as evaluation  # pylint: disable=g-import-not-at-top
 
-  if _SAMPLER.value is not None and _SAMPLER.value not in sampling.METHODS:
-    cli.fail(f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
   out = _OUT.value or os.path.join(_WORKDIR.value, 'eval')
   cli.check_writable(out, '--out')
   if _CLASSIFIER.value:
     cli.check_writable(_CLASSIFIER.value, '--classifier_dir')
   try:
-    pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
-    ckpt_step = (_STEP.value if _STEP.value is not None
-                 else checkpoint.manager(_WORKDIR.value, read_only=True).latest_step())
-  except (checkpoint.CheckpointError, FileNotFoundError) as e:
+    result = evaluation.evaluate_workdir(
+        _WORKDIR.value, ws, num_samples=_NUM.value, step=_STEP.value, steps=_STEPS.value,
+        method=sampling_flags.SAMPLER.value, v=_V.value, seed=_SEED.value,
+        batch_size=_BATCH.value, out=out, classifier_dir=_CLASSIFIER.value,
+        classifier_steps=_CLASSIFIER_STEPS.value, grid_per_class=_GRID.value,
+        settings=sample_settings)
+  except evaluation.USER_ERRORS as e:
     cli.fail(str(e))
-  cli.require(tuple(pipe.config.condition.kinds) == ('label',),
-              f'{_WORKDIR.value} is conditioned on {" + ".join(pipe.config.condition.kinds)}, '
-              'not class labels alone; evaluate text models with launch/evaluate_text.py')
-  _check_size(pipe, ws)
-  os.makedirs(out, exist_ok=True)
+  print(result.summary())
+  if _CHOOSE.value:
+    _choose(result)
+
+
+def _choose(result):
+  """Writes the w that --choose asks for (and the settings used) to WORKDIR/guidance.json."""
+  from cfg_jax import tuning  # pylint: disable=g-import-not-at-top
   try:
-    with workdir_lock.held(out):   # one sweep per folder: they share samples_w*.npz
-      _evaluate(pipe, ws, ckpt_step, out, sample_settings)
-  except workdir_lock.WorkdirBusyError as e:
-    cli.fail(str(e))
-
-
-def _check_size(pipe, ws):
-  """Says the work up front, and refuses a sweep whose samples for one w (held in memory, as
-  float32 and uint8, to be scored together) would not fit in half of this machine's memory."""
-  steps = _STEPS.value or pipe.config.sample.steps
-  rows = sum(_NUM.value * steps * (1 if w == 0 else 2) for w in ws)
-  need = _NUM.value * math.prod(pipe.shape) * 5
-  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  print(f'{_NUM.value:,} samples at each of {len(ws)} w, {steps} steps: {rows:,} network rows; '
-        f'{need / 2**20:,.0f} MiB of samples in memory per w')
-  cli.require(need < memory / 2, f'--num_samples={_NUM.value} holds {need / 2**30:.1f} GiB of '
-              f'samples per w in memory, this machine has {memory / 2**30:.1f} GiB; lower '
-              f'--num_samples')
-
-
-def _evaluate(pipe, ws, ckpt_step, out, sample_settings):
-  """The sweep of `pipe` at each w into `out`, with the reference and the real-data floor."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from cfg_jax import classifier, data, metrics, visualize  # pylint: disable=g-import-not-at-top
-  config, k = pipe.config, pipe.num_classes
-  s = config.sample
-  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
-  v = s.v if _V.value is None else _V.value
-
-  # --- Extractor and the real reference (test split) --------------------------------------------
-  clf_dir = _CLASSIFIER.value or classifier.default_dir(config.data.name)
-  try:
-    extractor = classifier.ensure_extractor(clf_dir, config.data, steps=_CLASSIFIER_STEPS.value)
-    test_feats, _, _ = classifier.real_features(extractor, clf_dir, config.data,
-                                                config.data.eval_split)
-    train = data.load_source(config.data, config.data.train_split)
-  except (data.DataError, ValueError, FileNotFoundError) as e:
-    cli.fail(str(e))
-  reference = metrics.Reference(test_feats, f'{config.data.name} {config.data.eval_split} '
-                                            f'({len(test_feats)} images)')
-  train_images, train_labels = classifier.all_images(train)
-  real = metrics.real_floor(extractor, train_images, train_labels, reference, _NUM.value,
-                            num_classes=k, seed=_SEED.value)
-
-  # --- Sweep, rewriting metrics.json after every w ----------------------------------------------
-  dev = jax.devices()[0]
-  settings = {
-      'workdir': os.path.abspath(_WORKDIR.value), 'checkpoint_step': ckpt_step,
-      'p_uncond': config.train.p_uncond, 'guidance': ws, 'num_samples_per_w': _NUM.value,
-      'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
-      'clip': s.clip, 'seed': _SEED.value, 'ema': True, 'sample_settings': sample_settings,
-      'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
-  }
-  header = {'settings': settings, 'extractor': dict(extractor.meta, description=extractor.name),
-            'reference': reference.name,
-            'real': dict(real, note=f'{real["num_samples"]} real {config.data.train_split} images '
-                                    'scored like samples: the floor / ceiling of every metric')}
-  done = []
-
-  def write(row):
-    done.append(row)
-    metrics.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=done))
-
-  tag = f'{settings["workdir"]}@{ckpt_step}'
-  try:
-    rows = metrics.sweep(pipe, extractor, reference, ws, _NUM.value, directory=out, steps=steps,
-                         method=method, v=v, seed=_SEED.value, batch_size=_BATCH.value, tag=tag,
-                         settings=sample_settings, on_row=write)
+    row = tuning.choose(result.rows, max_fd=_MAX_FD.value)
   except ValueError as e:
     cli.fail(str(e))
-
-  # --- Table, plot and grid ---------------------------------------------------------------------
-  diffs = metrics.fd_differences(rows)
-  metrics.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=rows, fd_differences=diffs))
-  metrics.write_csv(os.path.join(out, 'metrics.csv'), rows, real)
-  title = (f'{os.path.basename(os.path.normpath(_WORKDIR.value))} step {ckpt_step}, '
-           f'p_uncond={config.train.p_uncond}, {method} {steps} steps')
-  metrics.plot_tradeoff(rows, os.path.join(out, 'tradeoff.png'), real, title)
-  if _GRID.value:
-    per = min(_GRID.value, _NUM.value // k)
-    idx = (np.arange(per)[None, :] * k + np.arange(k)[:, None]).reshape(-1)   # (class, repeat)
-    grid = []
-    for w in ws:
-      images, _ = metrics.load_samples(out, w)
-      grid.append(images[idx].astype(np.float32) / 127.5 - 1.0)
-    grid = np.stack(grid).reshape((len(ws), k, per) + grid[0].shape[1:])
-    visualize.guidance_grid(grid, ws, visualize.class_names(config), os.path.join(out, 'grid.png'),
-                            title)
-  print(metrics.format_table(rows, real))
-  for d in diffs:
-    print(f'FD-clf(w={d["w_to"]:g}) - FD-clf(w={d["w_from"]:g}) = {d["difference"]:+.3f} '
-          f'(paired bootstrap std {d["paired_std"]:.3f})')
-  print(f'features: {extractor.name}; reference: {reference.name}; {_NUM.value} samples per w')
-  print(f'wrote {out}/metrics.json, metrics.csv, tradeoff.png' + (', grid.png' if _GRID.value else ''))
-  if _CHOOSE.value:
-    from cfg_jax import tuning  # pylint: disable=g-import-not-at-top
-    try:
-      row = tuning.choose(rows, max_fd=_MAX_FD.value)
-    except ValueError as e:
-      cli.fail(str(e))
-    criterion = ('lowest FD-clf' if _MAX_FD.value is None
-                 else f'highest class agreement with FD-clf <= {_MAX_FD.value:g}')
-    path = tuning.save_choice(_WORKDIR.value, row, step=ckpt_step, criterion=criterion,
-                              settings={k: v for k, v in sample_settings.items()})
-    print(f'chose w = {row["w"]:g} ({criterion}: FD-clf {row["fd_clf"]:.3f}, class agreement '
-          f'{row["class_agreement"]:.3f}); wrote {path}')
+  criterion = ('lowest FD-clf' if _MAX_FD.value is None
+               else f'highest class agreement with FD-clf <= {_MAX_FD.value:g}')
+  path = tuning.save_choice(_WORKDIR.value, row, step=result.settings['checkpoint_step'],
+                            criterion=criterion, settings=result.settings['sample_settings'])
+  print(f'chose w = {row["w"]:g} ({criterion}: FD-clf {row["fd_clf"]:.3f}, class agreement '
+        f'{row["class_agreement"]:.3f}); wrote {path}')
 
 
 if __name__ == '__main__':

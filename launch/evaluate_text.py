@@ -10,24 +10,25 @@ w, N samples (sample i uses the same noise at every w) are scored by
   attribute agreement, per attribute: among samples whose prompt named it, the share whose
                     measured level (the same functions and training-set terciles the captions
                     came from) is the one named;
-  FD-clf            Fréchet distance in the classifier's features to the real test split.
+  FD-clf            Fréchet distance in the classifier's features to the real test split
+                    (with its bootstrap std, precision and recall: cfg_jax.eval.metrics).
 Then the negative prompt: the plainest class prompts ("a coat") at each --negative_guidance w,
 without and with --negative (default "dark"), and the share of samples at the level that word
 names.
-Writes OUT/metrics.json and prints both tables.
+Writes OUT/metrics.json and prints both tables. The sampler, time grid and guidance variants
+take the flags of launch/sample.py (--sampler, --grid, --guidance_rule, --interval, ...).
 """
 import os
 
 from absl import flags
 
-from cfg_jax import cli
+from cfg_jax import cli, sampling_flags
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained text-conditioned workdir.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _GUIDANCE = flags.DEFINE_list('guidance', ['0', '0.3', '1', '2', '4'], 'Values of w.')
 _NUM = flags.DEFINE_integer('num_samples', 1000, 'Samples per w (classes balanced).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise and prompt seed.')
 _BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, light, narrow, '
@@ -57,19 +58,20 @@ def _check_flags():
                   w for _, low, high in captions.ATTRIBUTES.values() for w in low + high))
   cli.require(os.path.isdir(_WORKDIR.value),
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
-  return ws, negative_ws
+  try:
+    return ws, negative_ws, sampling_flags.overrides()
+  except sampling_flags.GuidanceFlagError as e:
+    cli.fail(str(e))
 
 
 def main(argv):
   del argv
-  ws, negative_ws = _check_flags()
+  ws, negative_ws, settings = _check_flags()
   cli.setup_runtime(single_process=True)
   cli.quiet_logging()
   import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, sampling  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
-  cli.require(_SAMPLER.value is None or _SAMPLER.value in sampling.METHODS,
-              f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
   out = _OUT.value or os.path.join(_WORKDIR.value, 'eval_text')
   cli.check_writable(out, '--out')
   try:
@@ -81,26 +83,25 @@ def main(argv):
               'launch/evaluate_text.py scores text-only models (configs/fashion_mnist.py:text); '
               'use launch/evaluate.py for class labels')
   os.makedirs(out, exist_ok=True)
-  _evaluate(pipe, ws, negative_ws, out)
+  _evaluate(pipe, ws, negative_ws, out, settings)
 
 
-def _evaluate(pipe, ws, negative_ws, out):
+def _evaluate(pipe, ws, negative_ws, out, settings):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cfg_jax import captions, classifier, data, metrics  # pylint: disable=g-import-not-at-top
+  from cfg_jax import captions, data  # pylint: disable=g-import-not-at-top
+  from cfg_jax.eval import classifier, features, metrics, report  # pylint: disable=g-import-not-at-top
   config, k = pipe.config, pipe.num_classes
-  s = config.sample
-  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
-  clf_dir = _CLASSIFIER.value or classifier.default_dir(config.data.name)
+  dc, s = config.data, config.sample
+  steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
+  clf_dir = _CLASSIFIER.value or classifier.default_dir(dc.name)
   try:
-    extractor = classifier.ensure_extractor(clf_dir, config.data)
-    test_feats, _, _ = classifier.real_features(extractor, clf_dir, config.data,
-                                                config.data.eval_split)
-    train_images, _ = classifier.all_images(data.load_source(config.data, config.data.train_split))
-    test_images, test_labels = classifier.all_images(
-        data.load_source(config.data, config.data.eval_split))
+    extractor = classifier.ensure_extractor(clf_dir, dc)
+    test_feats, _, _ = features.real_features(extractor, clf_dir, dc, dc.eval_split)
+    train_images, _ = data.all_images(data.load_source(dc, dc.train_split))
+    test_images, test_labels = data.all_images(data.load_source(dc, dc.eval_split))
   except (data.DataError, ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
-  reference = metrics.Reference(test_feats, f'{config.data.name} {config.data.eval_split}')
+  reference = metrics.Reference(test_feats, f'{dc.name} {dc.eval_split} ({len(test_feats)} images)')
   cuts = captions.thresholds(captions.measures(train_images))
   prompts, labels, requested = captions.heldout_prompts(test_images, test_labels, cuts,
                                                         _NUM.value, _SEED.value)
@@ -110,18 +111,16 @@ def _evaluate(pipe, ws, negative_ws, out):
     """uint8 samples for `texts` at w (sample i: noise stream i of --seed at every w)."""
     x = pipe.sample(prompts=texts, w=np.full(len(texts), w, np.float32),
                     negative_prompts=negative, steps=steps, method=method, seed=_SEED.value,
-                    batch_size=_BATCH.value, progress=True)
+                    batch_size=_BATCH.value, progress=True, **settings)
     return data.to_uint8(x)
 
   rows = []
   for w in ws:
     images = draw(w, prompts)
-    features, logits = extractor(images.astype(np.float32) / 127.5 - 1.0)
-    agreement, _ = metrics.class_agreement(logits.argmax(-1), labels, k)
-    mu, sigma = metrics.feature_stats(features)
-    row = {'w': w, 'class_agreement': agreement,
-           'fd_clf': metrics.frechet_distance(mu, sigma, reference.mu, reference.sigma),
-           'num_samples': n}
+    scores = metrics.evaluate_images(extractor, data.to_unit_range(images), labels, reference,
+                                     num_classes=k, seed=_SEED.value)
+    row = {'w': w, **{key: scores[key] for key in ('class_agreement', 'fd_clf', 'fd_clf_std',
+                                                     'precision', 'recall', 'num_samples')}}
     for a, (share, count) in captions.attribute_agreement(images, requested, cuts).items():
       row[f'{a}_agreement'], row[f'{a}_named'] = share, count
     rows.append(row)
@@ -137,9 +136,10 @@ def _evaluate(pipe, ws, negative_ws, out):
                 for name, negative in (('without', None), ('with', _NEGATIVE.value))}
       negative_rows.append({'w': w, 'attribute': attribute, 'word': _NEGATIVE.value, **shares})
 
-  metrics.write_json(os.path.join(out, 'metrics.json'), {
+  report.write_json(os.path.join(out, 'metrics.json'), {
       'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
                    'sampler': method, 'steps': steps, 'seed': _SEED.value, 'num_samples': n,
+                   'sample_settings': settings,
                    'prompts': 'held-out templates (cfg_jax.captions.HELDOUT_TEMPLATES)',
                    'thresholds': cuts, 'extractor': extractor.name,
                    'reference': reference.name},

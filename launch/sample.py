@@ -39,7 +39,6 @@ _PER_CLASS = flags.DEFINE_integer('per_class', None,
                                   "Samples per class (or prompt) and w (default: the config's "
                                   'sample.per_class).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_SAMPLER = flags.DEFINE_string('sampler', None, 'ancestral, ddim or dpmpp2m (default: config).')
 _V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v in [0, 1] '
                         '(default: config).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (>= 0).')
@@ -140,16 +139,15 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   import cfg_jax  # pylint: disable=g-import-not-at-top
-  from cfg_jax import checkpoint, sampling, visualize  # pylint: disable=g-import-not-at-top
+  from cfg_jax import checkpoint, visualize  # pylint: disable=g-import-not-at-top
 
-  cli.require(_SAMPLER.value is None or _SAMPLER.value in sampling.METHODS,
-              f'--sampler={_SAMPLER.value}: choose one of {", ".join(sampling.METHODS)}')
   out = _OUT.value or os.path.join(_WORKDIR.value, 'samples')
   existing = cli.check_writable(out, '--out') if cli.is_main_process() else None
   try:
     pipe = cfg_jax.load(_WORKDIR.value, step=_STEP.value)
   except checkpoint.CheckpointError as e:
     cli.fail(str(e))
+  print(pipe.describe())
   k = pipe.num_classes
   prompts = _prompts(pipe, classes)
   classes = list(range(k)) if classes is None else classes
@@ -168,19 +166,20 @@ def main(argv):
     ws, settings = [pipe.tuned['w']], {**pipe.tuned.get('settings', {}), **settings}
     print(f'w = {ws[0]:g} (chosen for this checkpoint by a sweep: {_WORKDIR.value}/guidance.json)')
   ws = list(s.guidance) if ws is None else ws
-  steps, method = _STEPS.value or s.steps, _SAMPLER.value or s.method
+  steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
+  net_rows = total * steps * (1 if pipe.distilled else 2)
   print(f'{total:,} samples ({len(ws)} w x {len(classes)} {"prompts" if prompts else "classes"} '
-        f'x {n}), {steps} {method} steps '
-        f'each: {2 * total * steps:,} network rows; samples.npz up to {size / 2**20:,.0f} MiB')
+        f'x {n}), {steps} {method} steps each: {net_rows:,} network rows; samples.npz up to '
+        f'{size / 2**20:,.0f} MiB')
   if cli.is_main_process():
     free = shutil.disk_usage(existing).free
     cli.require(size < 0.9 * free, f'{total:,} samples need up to {size / 2**30:.1f} GiB in {out}, '
                 f'which has {free / 2**30:.1f} GiB free; lower --per_class or choose another --out')
-  w = np.repeat(np.asarray(ws, np.float32), len(classes) * n)
-  labels = np.tile(np.repeat(np.asarray(classes, np.int32), n), len(ws))
-  row_prompts = None if prompts is None else np.tile(np.repeat(np.asarray(prompts), n), len(ws))
+  w, labels = visualize.grid_inputs(ws, classes, n)
+  row_prompts = None if prompts is None else np.asarray(prompts)[
+      visualize.grid_inputs(ws, range(len(prompts)), n)[1]]
   if cli.is_main_process():
     os.makedirs(out, exist_ok=True)
   writer = _NpzStream(os.path.join(out, 'samples.npz'), (total,) + pipe.shape) \
@@ -209,7 +208,8 @@ def main(argv):
   writer.close(labels=labels, w=w, **({} if prompts is None else {'prompts': row_prompts}))
   names = visualize.class_names(pipe.config)
   null = '∅' if _NEGATIVE.value is None else f'"{_NEGATIVE.value}"'
-  title = f'{method}, {steps} steps, seed {_SEED.value}; ε̃ = (1+w)·ε(z,c) − w·ε(z,{null})'
+  rule = 'distilled ε(z,c,w)' if pipe.distilled else f'ε̃ = (1+w)·ε(z,c) − w·ε(z,{null})'
+  title = f'{method}, {steps} steps, seed {_SEED.value}; {rule}'
   grid = np.concatenate(grid).reshape((len(ws), len(classes), shown) + pipe.shape)
   rows = prompts if prompts is not None else [names[c] for c in classes]
   visualize.guidance_grid(grid, ws, rows, os.path.join(out, 'grid.png'), title)

@@ -3,7 +3,7 @@
   python launch/train_classifier.py [--out=~/.cache/cfg_jax/classifiers/fashion_mnist] \
       [--config=configs/fashion_mnist.py] [--steps=2400] [--force]
 
-A small CNN (cfg_jax.classifier.Classifier), trained on the config's train split, saved as an
+A small CNN (cfg_jax.eval.classifier.Classifier), trained on the config's train split, saved as an
 orbax checkpoint with its test accuracy, plus the cached features of the test split.
 launch/evaluate.py runs this itself when the classifier is missing. OUT is checked to be
 writable before training starts. Runs in one process (one host).
@@ -31,7 +31,8 @@ def main(argv):
   cli.setup_runtime(single_process=True)
   cli.quiet_logging()
   import shutil  # pylint: disable=g-import-not-at-top
-  from cfg_jax import classifier, config_lib, data  # pylint: disable=g-import-not-at-top
+  from cfg_jax import config_lib, data  # pylint: disable=g-import-not-at-top
+  from cfg_jax.eval import classifier  # pylint: disable=g-import-not-at-top
 
   data_config = (_CONFIG.value or config_lib.base_config()).data
   out = _OUT.value or classifier.default_dir(data_config.name)

@@ -26,8 +26,7 @@ class CountingState(objective.TrainState):
 
 def _abstract(state):
   """A restore target: each leaf's shape, dtype and sharding."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
+  return sharding.abstract(state, jax.tree.map(lambda x: x.sharding, state))
 
 
 def _save(workdir, state, config):
@@ -137,7 +136,6 @@ def test_a_saved_config_without_newer_settings_gets_their_defaults():
   saved = config_lib.base_config().to_dict()
   del saved['sample']['guidance_rule'], saved['diffusion']['train_logsnr']
   saved['model']['channel_mult'] = [1, 2]          # JSON's lists become tuples again
-  config = config_lib.base_config()
-  checkpoint._merge(config, saved)
+  config = checkpoint.config_from_json(saved)
   assert config.sample.guidance_rule == 'cfg' and config.diffusion.train_logsnr == 'cosine'
   assert config.model.channel_mult == (1, 2)

@@ -6,7 +6,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from cfg_jax import classifier, config_lib, data, metrics
+from cfg_jax import config_lib, data
+from cfg_jax.eval import classifier, features, metrics, sweep
+
+DATA = config_lib.base_config().data
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,16 +30,12 @@ def fmnist_test():
   return data.load_fashion_mnist('test')
 
 
-def _float(images):
-  return images.astype(np.float32) / 127.5 - 1.0
-
-
 def test_saved_classifier_is_reused_and_describes_itself(extractor):
   m = extractor.meta
   assert (m['num_classes'], m['image_size'], m['channels'], m['feature_dim']) == (10, 28, 1, 128)
   assert 0.0 < m['test_accuracy'] <= 1.0 and m['steps'] == 30
   assert 'test accuracy' in extractor.name
-  again = classifier.ensure_extractor(tiny_classifier_dir(), config_lib.base_config().data)
+  again = classifier.ensure_extractor(tiny_classifier_dir(), DATA)
   assert again.meta == m                                     # loaded, not retrained
   other = config_lib.base_config().data
   other.update(name='mnist')
@@ -45,7 +44,7 @@ def test_saved_classifier_is_reused_and_describes_itself(extractor):
 
 
 def test_features_do_not_depend_on_batching_or_padding(extractor, fmnist_test):
-  x = _float(fmnist_test.images[:37])
+  x = data.to_unit_range(fmnist_test.images[:37])
   f, l = extractor(x)
   assert f.shape == (37, 128) and l.shape == (37, 10) and f.dtype == np.float32
   f_one, l_one = extractor(x[5:6])
@@ -56,24 +55,28 @@ def test_features_do_not_depend_on_batching_or_padding(extractor, fmnist_test):
 
 
 def test_cached_test_features_match_a_fresh_pass(extractor, fmnist_test):
-  feats, logits, labels = classifier.real_features(extractor, tiny_classifier_dir())
+  feats, logits, labels = features.real_features(extractor, tiny_classifier_dir(), DATA, 'test')
   assert feats.shape == (10_000, 128)
   np.testing.assert_array_equal(labels, fmnist_test.labels)
-  np.testing.assert_allclose(extractor(_float(fmnist_test.images[:64]))[0], feats[:64],
+  np.testing.assert_allclose(extractor(data.to_unit_range(fmnist_test.images[:64]))[0], feats[:64],
                              rtol=1e-4, atol=1e-5)
   assert np.mean(logits.argmax(-1) == labels) == pytest.approx(extractor.meta['test_accuracy'])
 
 
 def test_real_floor_is_reproducible_and_far_below_noise(extractor, fmnist_train):
-  feats, _, _ = classifier.real_features(extractor, tiny_classifier_dir())
+  feats, _, _ = features.real_features(extractor, tiny_classifier_dir(), DATA, 'test')
   reference = metrics.Reference(feats, 'fashion_mnist test (10000)')
-  floor = functools.partial(metrics.real_floor, extractor, fmnist_train.images,
-                            fmnist_train.labels, reference, 500, num_classes=10)
+  train = features.real_features(extractor, tiny_classifier_dir(), DATA, 'train')
+  np.testing.assert_array_equal(train[2], fmnist_train.labels)
+  np.testing.assert_allclose(train[0][:64], extractor(data.to_unit_range(fmnist_train.images[:64]))[0],
+                             rtol=1e-4, atol=1e-5)   # the cache holds the images' features
+  floor = functools.partial(metrics.real_floor, *train, reference, 500, num_classes=10,
+                            extractor=extractor.name)
   first, second = floor(seed=0), floor(seed=0)
   assert first == second
   assert first['num_samples'] == 500 and first['extractor'] == extractor.name
   noise = np.random.default_rng(0).uniform(-1, 1, (500, 28, 28, 1)).astype(np.float32)
-  noise_row = metrics.evaluate_images(extractor, noise, metrics.balanced_labels(500, 10),
+  noise_row = metrics.evaluate_images(extractor, noise, sweep.balanced_labels(500, 10),
                                       reference, num_classes=10)
   assert first['fd_clf'] < 0.1 * noise_row['fd_clf']
   assert first['precision'] > 0.5 > noise_row['precision']

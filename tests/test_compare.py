@@ -7,14 +7,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _sweep(folder, p_uncond, fds, steps=12):
+def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None):
   """A metrics.json as launch/evaluate.py writes it, with class agreement 0.4, 0.6, 0.8."""
   rows = [{'w': w, 'fd_clf': fd, 'fd_clf_std': 0.1, 'inception_score': 4.0 + w,
            'class_agreement': a, 'precision': 0.7, 'recall': 0.7, 'num_samples': 2000,
            'extractor': 'toy'} for w, fd, a in zip((0.0, 1.0, 4.0), fds, (0.4, 0.6, 0.8))]
   settings = {'workdir': f'/runs/p{p_uncond}', 'checkpoint_step': 2000, 'p_uncond': p_uncond,
               'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'steps': steps, 'seed': 0,
-              'clip': True}
+              'clip': True, 'sample_settings': sample_settings or {}}
   os.makedirs(folder)
   with open(os.path.join(folder, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump({'settings': settings, 'extractor': {'description': 'toy'}, 'reference': 'toy ref',
@@ -47,3 +47,15 @@ def test_refuses_sweeps_measured_differently(tmp_path):
   assert result.returncode == 2
   assert 'steps=24' in result.stderr and 'steps' in result.stderr.strip().splitlines()[-1]
   assert not (tmp_path / 'cmp.md').exists()
+
+
+def test_sweeps_of_one_checkpoint_are_named_by_their_guidance_settings(tmp_path):
+  a = _sweep(tmp_path / 'a', 0.1, (10.0, 8.0, 9.0))
+  b = _sweep(tmp_path / 'b', 0.1, (12.0, 11.0, 12.0),
+             sample_settings={'rule': 'apg', 'apg_norm': 5.0})
+  c = _sweep(tmp_path / 'c', 0.1, (11.0, 9.0, 10.0), sample_settings={'interval_sigma': [0.2, 4]})
+  result = _compare(a, b, c, out=tmp_path / 'cmp')
+  assert result.returncode == 0, result.stderr
+  text = (tmp_path / 'cmp.md').read_text()
+  assert '| lowest FD-clf (at w) | 8.00 (w=1) | 11.00 (w=1) | 9.00 (w=1) |' in text
+  assert '| | cfg | apg_norm=5, rule=apg | interval_sigma=0.2,4 |' in text

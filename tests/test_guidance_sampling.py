@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import diffusion, guidance, sampling
+from cfg_jax import diffusion, sampling
 from cfg_jax.guidance import Guidance
 
 B, NULL = 4, 3

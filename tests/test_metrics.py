@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from cfg_jax import metrics
+from cfg_jax.eval import metrics, report, sweep
 
 
 def _random_spd(rng, d, scale=1.0):
@@ -121,7 +121,7 @@ def test_precision_recall_detects_mode_collapse_and_matches_brute_force():
 def test_score_features_row_and_table():
   rng = np.random.default_rng(7)
   k, n = 4, 200
-  labels = metrics.balanced_labels(n, k)
+  labels = sweep.balanced_labels(n, k)
   feats = rng.normal(size=(n, 6)) + labels[:, None]
   logits = 10.0 * np.eye(k)[labels]
   ref = metrics.Reference(rng.normal(size=(400, 6)) + rng.integers(0, k, 400)[:, None], 'toy')
@@ -129,7 +129,7 @@ def test_score_features_row_and_table():
   assert row['class_agreement'] == 1.0 and row['num_samples'] == n
   assert row['inception_score'] == pytest.approx(k, rel=1e-2)
   row.update(w=0.5, extractor='toy')
-  table = metrics.format_table([row], real=row)
+  table = report.format_table([row], real=row)
   assert '| 0.5 |' in table and 'real train' in table
 
 
@@ -165,22 +165,26 @@ def test_sweep_resumes_finished_w_and_resamples_changed_settings(tmp_path):
   ref = metrics.Reference(_stub_extractor(labels[:, None, None, None] / 2.0 - 0.75
                                           + 0.1 * rng.normal(size=(400, 4, 4, 1)))[0], 'stub')
   kw = dict(directory=str(tmp_path), progress=False, tag='ckpt@1')
-  rows = metrics.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
+  rows = sweep.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
   assert pipe.calls == [None, 8.0]                      # w = 0 takes the unguided path
   assert [r['reused_samples'] for r in rows] == [False, False]
   assert rows[0]['class_agreement'] > rows[1]['class_agreement']
   assert rows[0]['fd_clf'] < rows[1]['fd_clf']
 
   os.remove(tmp_path / 'samples_w8.npz')                 # "interrupted" before w = 8 finished
-  again = metrics.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
+  again = sweep.sweep(pipe, _stub_extractor, ref, [0.0, 8.0], 40, **kw)
   assert pipe.calls == [None, 8.0, 8.0]                   # only the missing w is sampled
   for a, b in zip(rows, again):
     assert a['fd_clf'] == b['fd_clf'] and a['precision'] == b['precision']
 
-  metrics.sweep(pipe, _stub_extractor, ref, [0.0], 40, **dict(kw, tag='ckpt@2'))
+  sweep.sweep(pipe, _stub_extractor, ref, [0.0], 40, **dict(kw, tag='ckpt@2'))
   assert pipe.calls[-1] is None and len(pipe.calls) == 4  # another checkpoint: drawn again
-  images, saved_labels = metrics.load_samples(str(tmp_path), 0.0)
+  images, saved_labels = sweep.load_samples(str(tmp_path), 0.0)
   assert images.dtype == np.uint8 and len(saved_labels) == 40
+  # The grid's row c holds samples drawn for class c: the stub's brightness is c / 2 − 0.75.
+  grid = sweep.grid_samples(str(tmp_path), [0.0, 8.0], 4, 3)
+  assert grid.shape == (2, 4, 3, 4, 4, 1)
+  np.testing.assert_allclose(grid[0].mean((1, 2, 3, 4)), np.arange(4) / 2 - 0.75, atol=0.05)
 
 
 def test_matched_interpolates_along_the_curve():

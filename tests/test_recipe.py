@@ -1,7 +1,6 @@
 """Training-recipe and sampler-grid options against independent float64 formulas: loss weights,
 the λ distributions of Algorithm 1, EMA decays, the learning-rate schedule and the time grids;
 the sampler under jax_debug_nans with one λ per example."""
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,6 @@
 """The launchers on a text-conditioned workdir: launch/sample.py with prompts and a negative
-prompt writes what one in-process call draws; mistakes cost one line and exit status 2."""
+prompt writes what one in-process call draws; mistakes (and launchers that take class-label
+models only) cost one line and exit status 2."""
 import os
 
 import numpy as np
@@ -41,11 +42,22 @@ def test_sample_launcher_draws_prompts_with_a_negative_prompt(text_workdir, tmp_
     ('sample.py', ['--prompt=' + 'x' * 70], "has 70 bytes; this model reads at most 63"),
     ('sample.py', ['--prompt='], '--prompt must not be empty'),
     ('evaluate_text.py', ['--negative=purple'], "--negative='purple' names no attribute"),
+    ('evaluate.py', [], 'is conditioned on text, not class labels alone; evaluate text models '
+                        'with launch/evaluate_text.py'),
 ])
 def test_text_launcher_mistakes_cost_one_line(text_workdir, tool, flags, message):
   proc = launcher.run_tool(tool, f'--workdir={text_workdir}', *flags, '--cpu_devices=1')
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_distillation_refuses_a_text_teacher(text_workdir, tmp_path):
+  proc = launcher.run_tool('distill.py', f'--teacher={text_workdir}',
+                           f'--workdir={tmp_path / "student"}', '--cpu_devices=1')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert (f'the teacher {text_workdir} is conditioned on text; distillation takes '
+          'class-conditioned teachers only') in proc.stderr
+  assert 'Traceback' not in proc.stderr
 
 
 def test_encode_captions_writes_an_npz_data_set_the_trainer_reads(tmp_path):

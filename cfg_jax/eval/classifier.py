@@ -9,10 +9,11 @@ agreement. Numbers measured with it are "FD-clf", never "FID".
   extractor = classifier.ensure_extractor(classifier.default_dir('fashion_mnist'), data_config)
   features, logits = extractor(images)       # images float (N, H, W, C) in [−1, 1]
 
-The extractor splits its batches over the devices of a data mesh, like sampling does.
+This module owns the network, its training and its checkpoints; the extractor that runs it
+(over the devices of a data mesh, like sampling) and the feature caches are in
+`cfg_jax.eval.features`.
 """
 import functools
-import json
 import logging
 import os
 import time
@@ -21,13 +22,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
 
-from cfg_jax import checkpoint, data, sharding
+from cfg_jax import checkpoint, config_lib, data, sharding
+from cfg_jax.eval import features
 
 log = logging.getLogger('cfg_jax')
 
@@ -67,60 +67,12 @@ def _random_shift(rng, x, pad=2):
   return jax.vmap(crop)(padded, offsets)
 
 
-# --- The extractor -----------------------------------------------------------------------------
-
-
-class Extractor:
-  """images (N, H, W, C) in [−1, 1] → (features (N, D), logits (N, K)) as float32 numpy.
-
-  Batches of `batch_size` are split over the mesh's devices; every call runs one compiled
-  shape (the last batch is padded). Images larger than the classifier's input (a padded data
-  set) are centre-cropped.
-  """
-
-  def __init__(self, model, variables, meta, mesh=None, batch_size=512):
-    self.mesh = mesh or sharding.make_mesh({'data': -1, 'fsdp': 1})
-    n_dev = self.mesh.size
-    self.batch_size = max(n_dev, batch_size // n_dev * n_dev)
-    self.meta = meta
-    self.num_classes = meta['num_classes']
-    self.image_size = meta['image_size']
-    self.name = (f'{meta["name"]} (cfg_jax.classifier, {meta["feature_dim"]}-d pooled features, '
-                 f'test accuracy {100 * meta["test_accuracy"]:.2f}%)')
-    self.variables = jax.device_put(variables, sharding.replicated(self.mesh))
-    self._apply = jax.jit(functools.partial(model.apply, train=False))
-
-  def __call__(self, images, progress=False):
-    images = np.asarray(images, np.float32)
-    size = images.shape[1]
-    if size < self.image_size or images.shape[-1] != self.meta['channels']:
-      raise ValueError(f'the classifier takes {self.image_size}x{self.image_size}x'
-                       f'{self.meta["channels"]} images, got {images.shape[1:]}')
-    if size > self.image_size:
-      a = (size - self.image_size) // 2
-      images = images[:, a:a + self.image_size, a:a + self.image_size]
-    batch = sharding.batch_sharding(self.mesh)
-    feats, logits = [], []
-    for s in tqdm.trange(0, len(images), self.batch_size, disable=not progress,
-                         desc='features', unit='batch'):
-      x = images[s:s + self.batch_size]
-      n = len(x)
-      x = np.pad(x, ((0, self.batch_size - n),) + ((0, 0),) * 3, mode='edge')
-      f, l = jax.device_get(self._apply(self.variables, jax.device_put(x, batch)))
-      feats.append(np.asarray(f[:n], np.float32))
-      logits.append(np.asarray(l[:n], np.float32))
-    if not feats:
-      return np.zeros((0, self.meta['feature_dim']), np.float32), np.zeros((0, self.num_classes),
-                                                                          np.float32)
-    return np.concatenate(feats), np.concatenate(logits)
-
-
 # --- Checkpoints -------------------------------------------------------------------------------
 
 
 def _manager(directory, read_only=False):
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(directory), 'checkpoint'),
-                               options=checkpoint.options(keep=1, read_only=read_only))
+  return checkpoint.open_manager(os.path.join(os.path.abspath(directory), 'checkpoint'), keep=1,
+                                 read_only=read_only)
 
 
 def exists(directory):
@@ -128,11 +80,11 @@ def exists(directory):
   return os.path.isdir(path) and _manager(directory, read_only=True).latest_step() is not None
 
 
-def _model_and_abstract(meta, mesh):
+def _model_and_init(meta):
+  """The network `meta` describes, and its `init(rng) -> variables` on one dummy image."""
   model = Classifier(meta['num_classes'], tuple(meta['widths']), meta['dropout'])
   x = jnp.zeros((1, meta['image_size'], meta['image_size'], meta['channels']))
-  abstract = jax.eval_shape(functools.partial(model.init, x=x), jax.random.key(0))
-  return model, sharding.abstract(abstract, sharding.replicated(mesh))
+  return model, functools.partial(model.init, x=x)
 
 
 def load_extractor(directory, mesh=None, batch_size=512):
@@ -144,32 +96,14 @@ def load_extractor(directory, mesh=None, batch_size=512):
   step = mngr.latest_step()
   meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   mesh = mesh or sharding.make_mesh({'data': -1, 'fsdp': 1})
-  model, abstract = _model_and_abstract(meta, mesh)
+  model, init = _model_and_init(meta)
+  abstract = sharding.abstract_output(init, jax.random.key(0), shardings=sharding.replicated(mesh))
   variables = mngr.restore(step, args=ocp.args.Composite(
       variables=ocp.args.StandardRestore(abstract))).variables
-  return Extractor(model, variables, meta, mesh, batch_size)
+  return features.Extractor(model, variables, meta, mesh, batch_size)
 
 
 # --- Training ----------------------------------------------------------------------------------
-
-
-def _data_config(data_config):
-  if data_config is None:
-    return ml_collections.ConfigDict({'name': 'fashion_mnist', 'dir': '', 'train_split': 'train',
-                                      'eval_split': 'test', 'num_classes': 10, 'num_threads': 2})
-  return data_config
-
-
-def _to_float(images):
-  return np.asarray(images, np.float32) / 127.5 - 1.0
-
-
-def all_images(source):
-  """(images uint8, labels) of a whole random-access source."""
-  if isinstance(source, data.ArraySource):
-    return source.images, source.labels
-  items = [source[i] for i in range(len(source))]
-  return np.stack([x['image'] for x in items]), np.asarray([x['label'] for x in items], np.int32)
 
 
 def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
@@ -181,7 +115,7 @@ def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
   eval split and stored with the weights; the test-split features are cached next to them.
   Returns the Extractor.
   """
-  dc = _data_config(data_config)
+  dc = data_config or config_lib.base_config().data
   mesh = mesh or sharding.make_mesh({'data': -1, 'fsdp': 1})
   sharding.check_divisible(batch_size, mesh)
   train_source = data.load_source(dc, dc.train_split)
@@ -189,7 +123,7 @@ def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
   meta = {'name': f'{dc.name}-cnn', 'data': dc.name, 'num_classes': int(dc.num_classes),
           'image_size': int(first.shape[0]), 'channels': int(first.shape[-1]),
           'widths': [32, 64, 128], 'dropout': 0.2, 'feature_dim': 128}
-  model, abstract = _model_and_abstract(meta, mesh)
+  model, init_variables = _model_and_init(meta)
   schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, min(100, steps // 10)),
                                                 max(steps, 2))
   tx = optax.adamw(schedule, weight_decay=weight_decay)
@@ -197,8 +131,7 @@ def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def init(rng):
-    variables = model.init(rng, jnp.zeros((1, meta['image_size'], meta['image_size'],
-                                           meta['channels'])))
+    variables = init_variables(rng)
     return variables, tx.init(variables['params'])
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -241,11 +174,10 @@ def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
   meta.update(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
               augment=augment, train_seconds=round(train_seconds, 1),
               devices=f'{mesh.size} x {jax.devices()[0].platform}', test_accuracy=0.0)
-  extractor = Extractor(model, variables, meta, mesh)
-  test_images, test_labels = all_images(data.load_source(dc, dc.eval_split))
-  feats, logits = extractor(_to_float(test_images), progress=progress)
+  feats, logits, test_labels = features.split_features(
+      features.Extractor(model, variables, meta, mesh), dc, dc.eval_split, progress)
   meta['test_accuracy'] = float((logits.argmax(-1) == test_labels).mean())
-  extractor = Extractor(model, variables, meta, mesh)
+  extractor = features.Extractor(model, variables, meta, mesh)
   log.info('classifier: test accuracy %.4f after %d steps (%.0f s)', meta['test_accuracy'], steps,
            train_seconds)
 
@@ -253,7 +185,7 @@ def train_classifier(directory, data_config=None, *, steps=2400, batch_size=128,
   mngr.save(steps, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables),
                                            meta=ocp.args.JsonSave(meta)), force=True)
   mngr.wait_until_finished()
-  _save_features(directory, dc.eval_split, feats, logits, test_labels, meta)
+  features.save(directory, dc.eval_split, feats, logits, test_labels, meta)
   return extractor
 
 
@@ -262,7 +194,7 @@ def ensure_extractor(directory, data_config=None, *, steps=2400, progress=True, 
 
   Raises ValueError if the saved classifier was trained for another data set or image shape.
   """
-  dc = _data_config(data_config)
+  dc = data_config or config_lib.base_config().data
   if exists(directory):
     extractor = load_extractor(directory, mesh)
   else:
@@ -274,37 +206,3 @@ def ensure_extractor(directory, data_config=None, *, steps=2400, progress=True, 
                      f'({m["num_classes"]} classes), not {dc.name} ({dc.num_classes} classes); '
                      f'pass another --classifier_dir')
   return extractor
-
-
-# --- Real-data features (cached next to the classifier) -----------------------------------------
-
-
-def _features_path(directory, split):
-  return os.path.join(os.path.abspath(directory), f'features_{split}.npz')
-
-
-def _save_features(directory, split, feats, logits, labels, meta):
-  path = _features_path(directory, split)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, features=feats, logits=logits, labels=labels,
-           meta=np.str_(json.dumps(meta, sort_keys=True)))
-  os.replace(tmp, path)
-
-
-def real_features(extractor, directory, data_config=None, split='test', progress=True):
-  """(features, logits, labels) of a whole real split, computed once and cached in `directory`."""
-  dc = _data_config(data_config)
-  path = _features_path(directory, split)
-  if os.path.exists(path):
-    with np.load(path) as f:
-      if str(f['meta']) == json.dumps(extractor.meta, sort_keys=True):
-        return f['features'], f['logits'], f['labels']
-  images, labels = all_images(data.load_source(dc, split))
-  feats, logits = [], []
-  for s in tqdm.trange(0, len(images), 10_000, desc=f'features of {split}', disable=not progress):
-    f, l = extractor(_to_float(images[s:s + 10_000]))
-    feats.append(f)
-    logits.append(l)
-  feats, logits = np.concatenate(feats), np.concatenate(logits)
-  _save_features(directory, split, feats, logits, labels, extractor.meta)
-  return feats, logits, labels

@@ -1,31 +1,20 @@
 """Fidelity and diversity of samples, measured in the feature space of any extractor.
 
-An extractor is any callable `images -> (features, logits)` on float images in [−1, 1], shaped
-(N, H, W, C), returning numpy arrays (N, D) and (N, K); give it a `name` attribute so every
-number can say what measured it. `cfg_jax.classifier.load_extractor` gives the project's own
-Fashion-MNIST classifier; an Inception-v3 with user-supplied weights plugs in the same way.
-
-The metrics (paper §8, docs/RESULTS.md):
+Pure numpy / scipy (float64 where it matters) on features and logits (paper §8,
+docs/RESULTS.md); the extractor that gives them is `cfg_jax.eval.features`:
   * `frechet_distance` of penultimate features ("FD-clf" with the project's classifier; "FID"
-    only with the reference Inception-v3) against a real reference set;
+    only with the reference Inception-v3) against a real reference set, with `fd_bootstrap`
+    errors and the paired errors of `fd_differences` along a sweep;
   * `inception_score` from the extractor's softmax (maximum = number of classes);
   * `class_agreement`: share of samples drawn for class c that the extractor labels c;
-  * `precision_recall` (Kynkäänniemi et al. 2019, k-NN hyperspheres, k = 3).
-All are plain numpy / scipy in float64 where it matters. `sweep` samples a guidance sweep from a
-`cfg_jax.inference.Pipeline` and scores every w; it keeps per-w samples on disk so an
-interrupted sweep resumes without redoing finished w values.
+  * `precision_recall` (Kynkäänniemi et al. 2019, k-NN hyperspheres, k = 3);
+  * `score_features`: all of them for one sample set; `real_floor`: for real images.
 """
 import dataclasses
-import json
-import os
-import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 import scipy.special
-import tqdm
-
-from cfg_jax import inference
 
 # --- Fréchet distance --------------------------------------------------------------------------
 
@@ -235,129 +224,19 @@ def evaluate_images(extractor, images, labels, reference, *, num_classes, k=3, s
   return row
 
 
-def real_floor(extractor, images, labels, reference, n, *, num_classes, seed=0, k=3,
+def real_floor(features, logits, labels, reference, n, *, num_classes, extractor, seed=0, k=3,
                splits=10):
-  """The same metrics for n real images (e.g. of the train split, uint8) against the reference:
-  what a perfect model would score at this sample count (FD-clf floor = real train vs test).
-
-  The n images are a fixed function of `seed`, so the floor is reproducible.
+  """The metrics of n real images (e.g. of the train split, given by their features) against the
+  reference: what a perfect model would score at this sample count (FD-clf floor = real train
+  vs test). The n rows are a fixed function of `seed`, so the floor is reproducible.
+  `extractor`: the name of what gave the features.
   """
   idx = np.sort(np.random.default_rng(seed + 1).choice(len(labels), min(n, len(labels)),
                                                        replace=False))
-  x = np.asarray(images[idx], np.float32)
-  x = x / 127.5 - 1.0 if images.dtype == np.uint8 else x
-  row = evaluate_images(extractor, x, np.asarray(labels)[idx], reference,
-                        num_classes=num_classes, k=k, splits=splits, seed=seed)
-  row['w'] = None
+  row = score_features(features[idx], logits[idx], np.asarray(labels)[idx], reference,
+                       num_classes=num_classes, k=k, splits=splits, seed=seed)
+  row.update(extractor=extractor, reference=reference.name, w=None)
   return row
-
-
-# --- A guidance sweep ---------------------------------------------------------------------------
-
-ROW_KEYS = ('w', 'fd_clf', 'fd_clf_std', 'inception_score', 'inception_score_std', 'class_agreement',
-            'precision', 'recall', 'num_samples', 'extractor')
-
-
-def balanced_labels(n, num_classes):
-  """0, 1, …, K−1, 0, 1, …: n labels, every class n // K or n // K + 1 times."""
-  return np.arange(n, dtype=np.int32) % num_classes
-
-
-def _w_file(directory, w):
-  return os.path.join(directory, f'samples_w{w:g}.npz')
-
-
-def load_samples(directory, w):
-  """(uint8 images, labels) that `sweep` saved for w in `directory`."""
-  with np.load(_w_file(directory, w)) as saved:
-    return saved['images'], saved['labels']
-
-
-def sample_for_w(pipe, w, labels, *, directory=None, steps=None, method=None, v=None, seed=0,
-                 batch_size=256, progress=True, tag='', settings=None):
-  """(uint8 samples for one w, whether they were read back from `directory`).
-
-  Sample i uses noise stream i of `seed` at every w (common random numbers), so the rows of a
-  sweep differ by w, not by noise. Saved samples are reused only if their labels and `tag`
-  (a string naming the settings that made them) match. `settings`: further keyword arguments of
-  `Pipeline.sample` (time grid, guidance rule and its parameters).
-  """
-  path = directory and _w_file(directory, w)
-  if path and os.path.exists(path):
-    with np.load(path) as saved:
-      if (np.array_equal(saved['labels'], labels) and 'tag' in saved.files
-          and str(saved['tag']) == tag):
-        return saved['images'], True
-  settings = settings or {}
-  # At w = 0 every rule but CFG++ and thresholding gives exactly ε(z, c), so the unguided path
-  # (half the rows) suffices.
-  full = inference.guidance_settings(pipe.config.sample, **settings)
-  same_at_0 = full['rule'] != 'cfgpp' and not full['threshold']
-  guidance = None if w == 0 and same_at_0 else np.full(len(labels), w, np.float32)
-  x = pipe.sample(labels, guidance, steps=steps, method=method, v=v, seed=seed,
-                  batch_size=batch_size, progress=progress, **settings)
-  images = np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  if path:
-    tmp = path + '.tmp.npz'
-    np.savez_compressed(tmp, images=images, labels=labels, w=np.float32(w), tag=np.str_(tag))
-    os.replace(tmp, path)
-  return images, False
-
-
-def sweep(pipe, extractor, reference, ws, num_samples, *, directory=None, steps=None,
-          method=None, v=None, seed=0, batch_size=256, k=3, progress=True, tag='',
-          settings=None, on_row: Optional[Callable[[dict], Any]] = None):
-  """Samples `num_samples` class-balanced images at each w and scores them; one row per w.
-
-  With `directory`, each w's samples are kept there as samples_w{w}.npz and reused on the next
-  call, so an interrupted sweep resumes at the first unfinished w. `on_row(row)` is called as
-  each row is ready (e.g. to rewrite metrics.json). `tag` names anything else the samples
-  depend on (e.g. the checkpoint), so that samples from other settings are never reused.
-  """
-  s = pipe.config.sample
-  steps, method, v = steps or s.steps, method or s.method, s.v if v is None else v
-  tag = json.dumps({'steps': steps, 'method': method, 'v': v if method == 'ancestral' else None,
-                    'seed': seed, 'clip': s.clip, 'extra': tag, 'settings': settings or {}},
-                   sort_keys=True)
-  labels = balanced_labels(num_samples, pipe.num_classes)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  rows = []
-  for w in tqdm.tqdm(ws, desc='guidance sweep', unit='w', disable=not progress):
-    start = time.perf_counter()
-    images, reused = sample_for_w(pipe, w, labels, directory=directory, steps=steps,
-                                  method=method, v=v, seed=seed, batch_size=batch_size,
-                                  progress=progress, tag=tag, settings=settings)
-    row = {'w': float(w), 'sample_seconds': round(time.perf_counter() - start, 1),
-           'reused_samples': reused}
-    row.update(evaluate_images(extractor, images.astype(np.float32) / 127.5 - 1.0, labels,
-                               reference, num_classes=pipe.num_classes, k=k, seed=seed))
-    rows.append(row)
-    if on_row is not None:
-      on_row(row)
-  return rows
-
-
-# --- Reporting ----------------------------------------------------------------------------------
-
-
-def format_table(rows, real=None, floatfmt='.3f'):
-  """A Markdown table of sweep rows (and the real-data row first, if given)."""
-  head = ('w', 'FD-clf ↓ (± bootstrap std)', 'score ↑ (± split std)', 'class agreement ↑', 'precision ↑', 'recall ↑', 'samples')
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-
-  def line(label, r):
-    vals = [format(r[key], floatfmt) for key in ('fd_clf', 'inception_score', 'class_agreement',
-                                                   'precision', 'recall')]
-    if r.get('fd_clf_std') is not None:
-      vals[0] += f' ± {r["fd_clf_std"]:.2f}'
-    vals[1] += f' ± {r["inception_score_std"]:.2f}'
-    return '| ' + ' | '.join([label] + vals + [str(r['num_samples'])]) + ' |'
-
-  if real is not None:
-    lines.append(line('real train', real))
-  lines += [line(f'{r["w"]:g}', r) for r in rows]
-  return '\n'.join(lines)
 
 
 def matched(rows, x_key, levels, y_key='fd_clf'):
@@ -370,63 +249,3 @@ def matched(rows, x_key, levels, y_key='fd_clf'):
   xs, ys = [p[0] for p in pts], [p[1] for p in pts]
   return [float(np.interp(level, xs, ys)) if xs and xs[0] <= level <= xs[-1] else None
           for level in levels]
-
-
-def write_csv(path, rows, real=None):
-  import csv  # pylint: disable=g-import-not-at-top
-  with open(path, 'w', newline='', encoding='utf-8') as f:
-    writer = csv.writer(f)
-    writer.writerow(ROW_KEYS)
-    if real is not None:
-      writer.writerow(['real'] + [real[key] for key in ROW_KEYS[1:]])
-    for r in rows:
-      writer.writerow([r[key] for key in ROW_KEYS])
-
-
-def write_json(path, payload):
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, path)
-
-
-def plot_tradeoff(rows, path=None, real=None, title=None):
-  """FD-clf against the score, class agreement and precision/recall; one labelled point per w.
-
-  `rows` is one sweep's rows, or {label: rows} to draw several sweeps (e.g. one per p_uncond)
-  on the same axes. Saves a PNG to `path` if given; returns the matplotlib figure.
-  """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  if path:
-    matplotlib.use('Agg', force=False)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  runs = rows if isinstance(rows, dict) else {None: rows}
-  panels = [('inception_score', 'score (classifier softmax) ↑', 'fd_clf', 'FD-clf ↓'),
-            ('class_agreement', 'class agreement ↑', 'fd_clf', 'FD-clf ↓'),
-            ('recall', 'recall ↑', 'precision', 'precision ↑')]
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  for ax, (xkey, xlabel, ykey, ylabel) in zip(axes, panels):
-    for label, run in runs.items():
-      run = sorted(run, key=lambda r: r['w'])
-      xs, ys = [r[xkey] for r in run], [r[ykey] for r in run]
-      ax.plot(xs, ys, 'o-', label=label)
-      for x, y, r in zip(xs, ys, run):
-        ax.annotate(f'w={r["w"]:g}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7)
-    if real is not None:
-      ax.plot([real[xkey]], [real[ykey]], '*', color='tab:red', markersize=12,
-              label='real train data')
-    if real is not None or len(runs) > 1:
-      ax.legend(fontsize=8, loc='best')
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-  first = next((run for run in runs.values() if run), None)
-  if first:
-    n, name = first[0]['num_samples'], first[0]['extractor']
-    fig.suptitle((title + '\n' if title else '') + f'{n} samples per w; features: {name}',
-                 fontsize=9)
-  fig.tight_layout()
-  if path:
-    fig.savefig(path, dpi=120)
-  return fig
