@@ -7,7 +7,9 @@ costs (transfer, final x̃) cancel. Random parameters: speed does not depend on 
 Also counts compilations during a 10-value w sweep and collective ops in the program compiled
 for an 8-device mesh (both must be 0), and times whole `--steps_hi`-step runs with a guidance
 interval covering a fraction f of the steps: the network then runs 2B rows only inside it, so
-guided ÷ unguided time per sample should be about 1 + f.
+guided ÷ unguided time per sample should be about 1 + f. Last, whole `Pipeline.sample` calls of
+`--steps_hi` steps with each guidance rule at the setting docs/RESULTS.md reports, as time per
+sample and ÷ unguided.
 """
 import functools
 import statistics
@@ -110,6 +112,23 @@ def main(argv):
   interval_ratios = {f'{name} / unguided': round(t / whole['unguided'], 3)
                      for name, t in whole.items() if name != 'unguided'}
 
+  # --- Each rule, through the public API (settings of docs/RESULTS.md's rule table) -------------
+  rules = {'unguided': (None, {}), 'plain w=2': (2.0, {}),
+           'interval sigma (0.2, 4] w=4': (4.0, {'interval_sigma': (0.2, 4.0)}),
+           'interval sigma (0.5, 20] w=4': (4.0, {'interval_sigma': (0.5, 20.0)}),
+           'rescale 0.7 w=4': (4.0, {'rescale': 0.7}),
+           'threshold 0.995 w=2': (2.0, {'threshold': 0.995}),
+           'apg r=5 w=3': (3.0, {'rule': 'apg', 'apg_norm': 5.0}),
+           'cfgpp w=-0.4': (-0.4, {'rule': 'cfgpp'}),
+           'linear schedule w=3': (3.0, {'schedule': 'linear'})}
+  per_sample = {}
+  for name, (w, settings) in rules.items():
+    sample = functools.partial(pipe.sample, labels, w, steps=n, batch_size=b, **settings)
+    per_sample[name] = _median_time(sample) / b
+  rule_times = {name: {'ms_per_sample': round(1e3 * t, 2),
+                       'vs_unguided': round(t / per_sample['unguided'], 3)}
+                for name, t in per_sample.items()}
+
   # --- Collectives in the guided program on an 8-device mesh ----------------------------------
   mesh8 = sharding.make_mesh({'data': -1}, jax.devices()[:8])
   pipe8 = inference.Pipeline(config, params, mesh8, model=model)
@@ -132,6 +151,7 @@ def main(argv):
       'compilations_in_10_w_sweep': len(compiles),
       f'whole_run_{n}_steps_s': {k: round(v, 3) for k, v in whole.items()},
       'interval_time_per_sample_vs_unguided': interval_ratios,
+      f'rules_{n}_steps_time_per_sample': rule_times,
       'collectives_per_guided_program_8_devices': collectives}
   cli.print_result(result, _JSON.value)
 
