@@ -52,7 +52,7 @@ class Evaluation:
 def _check_size(pipe, ws, num_samples, steps, progress):
   """Says the work up front, and refuses a sweep whose samples for one w (held in memory, as
   float32 and uint8, to be scored together) would not fit in half of this machine's memory."""
-  rows = sum(num_samples * steps * (1 if w == 0 else 2) for w in ws)
+  rows = sum(num_samples * steps * (1 if w == 0 or pipe.distilled else 2) for w in ws)
   need = num_samples * math.prod(pipe.shape) * 5
   memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   if progress:
