@@ -83,3 +83,28 @@ def test_encode_captions_writes_an_npz_data_set_the_trainer_reads(tmp_path):
   np.testing.assert_array_equal(source.images, data.load_fashion_mnist('train').images[:40])
   proc = launcher.run_tool('encode_captions.py', '--encoder=nowhere.py:f', f'--out={out}')
   assert proc.returncode == 2 and 'cannot load nowhere.py' in proc.stderr
+
+
+def test_prompts_notebook_draws_both_grids_and_counts_the_negative_word(text_workdir, tmp_path,
+                                                                        monkeypatch):
+  """notebooks/sample_prompts.ipynb, headless on the tiny text checkpoint: both grids (without and
+  with the negative prompt) are shown, and its w = 0 images are the same with and without it
+  (the guided rule reduces to ε(z, c) there), as the table's w = 0 row must then say."""
+  nbclient, nbformat = pytest.importorskip('nbclient'), pytest.importorskip('nbformat')
+  out = str(tmp_path / 'nb')
+  for name, value in (('WORKDIR', text_workdir), ('PROMPTS', 'a dark ankle boot|a bag'),
+                      ('NEGATIVE_PROMPT', 'dark'), ('GUIDANCE', '0,3'), ('PER_PROMPT', '2'),
+                      ('STEPS', '3'), ('OUT', out)):
+    monkeypatch.setenv(f'CFG_JAX_{name}', value)
+  nb = nbformat.read(os.path.join(launcher.ROOT, 'notebooks', 'sample_prompts.ipynb'), as_version=4)
+  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
+                          resources={'metadata': {'path': str(tmp_path)}}).execute()
+  outputs = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.get('outputs', [])]
+  assert not [o for o in outputs if o.output_type == 'error']
+  assert sum('image/png' in o.get('data', {}) for o in outputs) == 2
+  assert {'grid.png', 'grid_negative_dark.png'} <= set(os.listdir(out))
+  text = ''.join(o.get('text', '') for o in outputs)
+  assert 'share of samples measured "dark" (brightness), 4 per w' in text
+  row0 = next(line for line in text.splitlines() if line.startswith('| 0 |'))
+  without, with_negative = row0.strip('|').split('|')[1:]
+  assert without.strip() == with_negative.strip()
