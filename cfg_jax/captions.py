@@ -138,9 +138,10 @@ class Captioner:
     return caption(rng, int(self._labels[index]), row, self._templates)[0]
 
 
-def heldout_prompts(images, labels, cuts, n, seed=0):
-  """n evaluation prompts from HELDOUT_TEMPLATES, each the caption of a real image (so the
-  attribute combinations are ones that occur), classes balanced.
+def evaluation_prompts(images, labels, cuts, n, seed=0, templates=HELDOUT_TEMPLATES):
+  """n evaluation prompts from `templates` (by default the held-out ones, never trained on), each
+  the caption of a real image (so the attribute combinations are ones that occur), classes
+  balanced.
 
   Returns (prompts, labels (n,), requested {attribute: (n,) LOW, HIGH, or −1 if not named}).
   """
@@ -153,7 +154,7 @@ def heldout_prompts(images, labels, cuts, n, seed=0):
   prompts, requested = [], {a: np.full(n, -1, np.int8) for a in ATTRIBUTES}
   for i, j in enumerate(index):
     text, named = caption(np.random.default_rng([seed, int(j)]), int(labels[j]),
-                          {a: v[i] for a, v in image_levels.items()}, HELDOUT_TEMPLATES)
+                          {a: v[i] for a, v in image_levels.items()}, templates)
     prompts.append(text)
     for a, level in named.items():
       requested[a][i] = level

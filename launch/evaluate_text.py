@@ -4,9 +4,11 @@
       --num_samples=1000 --out=workdirs/fmnist_text/eval_text
 
 Prompts: captions of N class-balanced test images in the held-out templates (cfg_jax.captions;
-e.g. "this boot is dark and narrow"), so they ask for attribute combinations that occur. For each
+e.g. "this boot is dark and narrow"), so they ask for attribute combinations that occur;
+--templates=train words them like the training captions instead, which separates following an
+unseen wording from following the words. For each
 w, N samples (sample i uses the same noise at every w) are scored by
-  class agreement   the reference classifier's label equals the prompt's class;
+  class agreement   the reference classifier's label equals the prompt's class (also per class);
   attribute agreement, per attribute: among samples whose prompt named it, the share whose
                     measured level (the same functions and training-set terciles the captions
                     came from) is the one named;
@@ -36,6 +38,9 @@ _NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, li
                                 '"" skips it.')
 _NEGATIVE_W = flags.DEFINE_list('negative_guidance', ['1', '4'], 'Values of w (> 0) for the '
                                  'negative-prompt test.')
+_TEMPLATES = flags.DEFINE_enum('templates', 'heldout', ['heldout', 'train'],
+                                'Caption templates of the prompts: the held-out ones, never trained '
+                                'on, or the training ones.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval_text).')
 _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
                                   '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
@@ -103,8 +108,9 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
     cli.fail(str(e))
   reference = metrics.Reference(test_feats, f'{dc.name} {dc.eval_split} ({len(test_feats)} images)')
   cuts = captions.thresholds(captions.measures(train_images))
-  prompts, labels, requested = captions.heldout_prompts(test_images, test_labels, cuts,
-                                                        _NUM.value, _SEED.value)
+  templates = {'heldout': captions.HELDOUT_TEMPLATES, 'train': captions.TRAIN_TEMPLATES}
+  prompts, labels, requested = captions.evaluation_prompts(
+      test_images, test_labels, cuts, _NUM.value, _SEED.value, templates[_TEMPLATES.value])
   n = len(prompts)
 
   def draw(w, texts, negative=None):
@@ -120,7 +126,8 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
     scores = metrics.evaluate_images(extractor, data.to_unit_range(images), labels, reference,
                                      num_classes=k, seed=_SEED.value)
     row = {'w': w, **{key: scores[key] for key in ('class_agreement', 'fd_clf', 'fd_clf_std',
-                                                     'precision', 'recall', 'num_samples')}}
+                                                     'precision', 'recall', 'num_samples',
+                                                     'per_class_agreement')}}
     for a, (share, count) in captions.attribute_agreement(images, requested, cuts).items():
       row[f'{a}_agreement'], row[f'{a}_named'] = share, count
     rows.append(row)
@@ -140,7 +147,7 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
       'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
                    'sampler': method, 'steps': steps, 'seed': _SEED.value, 'num_samples': n,
                    'sample_settings': settings,
-                   'prompts': 'held-out templates (cfg_jax.captions.HELDOUT_TEMPLATES)',
+                   'prompts': f'{_TEMPLATES.value} templates', 'templates': templates[_TEMPLATES.value],
                    'thresholds': cuts, 'extractor': extractor.name,
                    'reference': reference.name},
       'rows': rows, 'negative_prompt': negative_rows, 'example_prompts': prompts[:20]})

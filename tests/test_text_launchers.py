@@ -1,6 +1,7 @@
 """The launchers on a text-conditioned workdir: launch/sample.py with prompts and a negative
 prompt writes what one in-process call draws; mistakes (and launchers that take class-label
 models only) cost one line and exit status 2."""
+import json
 import os
 
 import numpy as np
@@ -36,6 +37,34 @@ def test_sample_launcher_draws_prompts_with_a_negative_prompt(text_workdir, tmp_
   x = pipe.sample(prompts=want, w=saved['w'], negative_prompts='textured')
   np.testing.assert_allclose(saved['images'], x, atol=1e-5)
   assert os.path.getsize(os.path.join(out, 'grid.png')) > 1000
+
+
+def test_evaluate_text_scores_prompts_and_the_negative_prompt(text_workdir, tmp_path):
+  """launch/evaluate_text.py end to end (tiny model, tiny classifier): one row per w with class,
+  per-class and per-attribute agreement, the negative-prompt rows, and the templates it used."""
+  from cfg_jax import captions   # pylint: disable=g-import-not-at-top
+  from test_classifier import tiny_classifier_dir   # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'eval')
+  proc = launcher.run_tool('evaluate_text.py', f'--workdir={text_workdir}', '--guidance=0,2',
+                           '--num_samples=20', '--steps=2', '--templates=train',
+                           '--negative=dark', '--negative_guidance=1', '--cpu_devices=2',
+                           f'--classifier_dir={tiny_classifier_dir()}', f'--out={out}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, 'metrics.json'), encoding='utf-8') as f:
+    result = json.load(f)
+  assert [r['w'] for r in result['rows']] == [0.0, 2.0]
+  for row in result['rows']:
+    assert 0 <= row['class_agreement'] <= 1 and row['num_samples'] == 20
+    assert len(row['per_class_agreement']) == 10
+    # the mean of the per-class shares is the overall share: 2 prompts of each class
+    assert np.isclose(np.mean(row['per_class_agreement']), row['class_agreement'])
+    assert all(f'{a}_agreement' in row for a in captions.ATTRIBUTES)
+  assert result['settings']['templates'] == list(captions.TRAIN_TEMPLATES)
+  assert not any(p.startswith(('a grey shot of', 'this ')) for p in result['example_prompts'])
+  (negative,) = result['negative_prompt']
+  assert negative['w'] == 1.0 and negative['attribute'] == 'brightness'
+  assert 0 <= negative['without'] <= 1 and 0 <= negative['with'] <= 1
+  assert '| w | class agreement |' in proc.stdout
 
 
 @pytest.mark.parametrize('tool,flags,message', [
