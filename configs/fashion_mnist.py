@@ -14,9 +14,9 @@ Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` tra
 paper's finding (1) in place; not yet run. `:text` conditions on captions instead of labels
 (cfg_jax.captions: class names and measured brightness, width and texture, with synonyms)
 through the built-in byte-level text encoder and cross-attention at 14x14 and 7x7; the same
-recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels), and 1.17-1.19x the
-class config's step time measured side by side on the shared 2-core CPU (2.07 vs 1.74 s and
-2.02 vs 1.73 s at load ~6), so about 0.75 s/step idle. Variants combine with commas: `:tiny,text`.
+recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels), 0.79 s/step on the
+idle AMD EPYC above (2,000 steps in about 29 min; docs/RESULTS.md has what it learns at that
+budget). Variants combine with commas: `:tiny,text`.
 """
 from cfg_jax import config_lib
 
