@@ -16,9 +16,9 @@ paper's finding (1) in place; with a constant rate its first 2,000 steps are the
 so a default workdir's checkpoints can be continued with it. `:text` conditions on captions
 instead of labels (cfg_jax.captions: class names and measured brightness, width and texture,
 with synonyms) through the built-in byte-level text encoder and cross-attention at 14x14 and
-7x7; the same recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels), 0.79 s/step on the
-idle AMD EPYC above (2,000 steps in about 29 min; docs/RESULTS.md has what it learns at that
-budget). Variants combine with commas: `:tiny,text`.
+7x7; the same recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels),
+0.79 s/step on the idle AMD EPYC above (2,000 steps in about 29 min; docs/RESULTS.md has what
+it learns at that budget). Variants combine with commas: `:tiny,text`.
 """
 from cfg_jax import config_lib
 
