@@ -6,8 +6,8 @@
 Prompts: captions of N class-balanced test images in the held-out templates (cfg_jax.captions;
 e.g. "this boot is dark and narrow"), so they ask for attribute combinations that occur;
 --templates=train words them like the training captions instead, which separates following an
-unseen wording from following the words. For each
-w, N samples (sample i uses the same noise at every w) are scored by
+unseen wording from following the words. For each w, N samples (sample i uses the same noise at
+every w) are scored by
   class agreement   the reference classifier's label equals the prompt's class (also per class);
   attribute agreement, per attribute: among samples whose prompt named it, the share whose
                     measured level (the same functions and training-set terciles the captions
@@ -147,7 +147,8 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
       'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
                    'sampler': method, 'steps': steps, 'seed': _SEED.value, 'num_samples': n,
                    'sample_settings': settings,
-                   'prompts': f'{_TEMPLATES.value} templates', 'templates': templates[_TEMPLATES.value],
+                   'prompts': f'{_TEMPLATES.value} templates',
+                   'templates': templates[_TEMPLATES.value],
                    'thresholds': cuts, 'extractor': extractor.name,
                    'reference': reference.name},
       'rows': rows, 'negative_prompt': negative_rows, 'example_prompts': prompts[:20]})
