@@ -104,6 +104,13 @@ def annotator(config, source):
   return annotate
 
 
+def attribute_cuts(data_config):
+  """{attribute: (t₁, t₂)}: the terciles of the training split that captions are cut at (the
+  same ones `annotator` uses), for measuring samples against the words of a prompt."""
+  images, _ = data.all_images(data.load_source(data_config, data_config.train_split))
+  return captions.thresholds(captions.measures(images))
+
+
 def check_embeddings(source, config):
   """The data set's `embeddings` (N, L, D) and `mask` (N, L) columns fit the config."""
   c = config.condition

@@ -93,7 +93,7 @@ def main(argv):
 
 def _evaluate(pipe, ws, negative_ws, out, settings):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from cfg_jax import captions, data  # pylint: disable=g-import-not-at-top
+  from cfg_jax import captions, conditioning, data  # pylint: disable=g-import-not-at-top
   from cfg_jax.eval import classifier, features, metrics, report  # pylint: disable=g-import-not-at-top
   config, k = pipe.config, pipe.num_classes
   dc, s = config.data, config.sample
@@ -102,12 +102,11 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
   try:
     extractor = classifier.ensure_extractor(clf_dir, dc)
     test_feats, _, _ = features.real_features(extractor, clf_dir, dc, dc.eval_split)
-    train_images, _ = data.all_images(data.load_source(dc, dc.train_split))
+    cuts = conditioning.attribute_cuts(dc)
     test_images, test_labels = data.all_images(data.load_source(dc, dc.eval_split))
   except (data.DataError, ValueError, FileNotFoundError) as e:
     cli.fail(str(e))
   reference = metrics.Reference(test_feats, f'{dc.name} {dc.eval_split} ({len(test_feats)} images)')
-  cuts = captions.thresholds(captions.measures(train_images))
   templates = {'heldout': captions.HELDOUT_TEMPLATES, 'train': captions.TRAIN_TEMPLATES}
   prompts, labels, requested = captions.evaluation_prompts(
       test_images, test_labels, cuts, _NUM.value, _SEED.value, templates[_TEMPLATES.value])

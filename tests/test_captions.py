@@ -136,3 +136,16 @@ def test_input_pipeline_captions_resume_exactly(fmnist_train):
   cap = captions.Captioner(values, source.labels, captions.thresholds(values), config.seed)
   index = [int(np.flatnonzero((source.images == im).all((1, 2, 3)))[0]) for im in first[9]['image']]
   assert texts == [cap(i, 1) for i in index]
+
+
+def test_attribute_cuts_are_the_training_splits_terciles(tmp_path):
+  rng = np.random.default_rng(0)
+  splits = {'train': rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8),
+            'test': np.zeros((30, 28, 28, 1), np.uint8)}   # a split that would cut elsewhere
+  for name, images in splits.items():
+    np.savez(tmp_path / f'{name}.npz', images=images, labels=np.arange(len(images)) % 10)
+  config = _config('tiny,text')
+  config.data.update(name='npz', dir=str(tmp_path))
+  cuts = conditioning.attribute_cuts(config.data)
+  for name, (measure, _, _) in captions.ATTRIBUTES.items():
+    np.testing.assert_allclose(cuts[name], np.quantile(measure(splits['train']), [1 / 3, 2 / 3]))
