@@ -31,8 +31,8 @@ def base_config():
       logsnr_min=diffusion.LOGSNR_MIN,  # training λ range (the schedule λ(u) maps onto it)
       logsnr_max=diffusion.LOGSNR_MAX,
       prediction='eps',       # 'eps' (paper) or 'v'
-      train_logsnr='cosine',  # λ of Algorithm 1: 'cosine' (paper: λ(u), u ~ U[0,1]) or 'normal'
-      train_logsnr_mean=2.4,  # 'normal': λ ~ N(mean, std²), EDM's log-normal σ by default
+      train_logsnr='cosine',  # training λ: 'cosine' (paper: λ(u), u ~ U[0,1]), 'normal', 'logistic'
+      train_logsnr_mean=2.4,  # 'normal', 'logistic': λ's mean, std (normal: EDM's log-normal σ)
       train_logsnr_std=2.4,
   )
 

@@ -26,7 +26,7 @@ def logsnr_schedule(u, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX):
                    2.0 * jnp.log(jnp.tan(complement)))
 
 
-TRAIN_LOGSNR = ('cosine', 'normal')
+TRAIN_LOGSNR = ('cosine', 'normal', 'logistic')
 
 
 def sample_training_logsnr(rng, shape, *, kind='cosine', logsnr_min=LOGSNR_MIN,
@@ -37,11 +37,17 @@ def sample_training_logsnr(rng, shape, *, kind='cosine', logsnr_min=LOGSNR_MIN,
   [λ_min, λ_max]. 'normal': λ ~ N(mean, std²) clipped to [λ_min, λ_max]; this is EDM's
   log-normal σ, since EDM's σ is σ_λ/α_λ = e^{−λ/2}: ln σ ~ N(P_mean, P_std²) is λ ~
   N(−2 P_mean, (2 P_std)²), and EDM's P_mean = −1.2, P_std = 1.2 give the defaults.
+  'logistic': λ = mean + s·logit(u), s = std·√3/π (so std is its standard deviation), clipped;
+  the cosine's density 1/(2π cosh(λ/2)) has std π and heavier tails, so std < π concentrates
+  training on mid noise levels while still reaching the ends of the range.
   """
   if kind == 'cosine':
     return logsnr_schedule(jax.random.uniform(rng, shape), logsnr_min, logsnr_max)
   if kind == 'normal':
     return jnp.clip(mean + std * jax.random.normal(rng, shape), logsnr_min, logsnr_max)
+  if kind == 'logistic':
+    scale = std * jnp.sqrt(3.0) / jnp.pi
+    return jnp.clip(mean + scale * jax.random.logistic(rng, shape), logsnr_min, logsnr_max)
   raise ValueError(f'unknown training λ distribution {kind!r}; choose one of {TRAIN_LOGSNR}')
 
 

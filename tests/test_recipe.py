@@ -51,7 +51,7 @@ def _cosine_moments64(lo, hi):
 
 
 @pytest.mark.parametrize('kind,lo,hi', [('cosine', -20.0, 20.0), ('cosine', -10.0, 15.0),
-                                        ('normal', -30.0, 30.0)])
+                                        ('normal', -30.0, 30.0), ('logistic', -40.0, 40.0)])
 def test_training_logsnr_moments(kind, lo, hi):
   n = 200_000
   lam = np.asarray(diffusion.sample_training_logsnr(
