@@ -11,9 +11,10 @@ Adam at 2e-3 (1e-3 until session 5; 2e-3 measured better at w = 0 and 1), consta
 log-normal σ measured much worse with this loss), and so does the EMA (EDM2's power EMA: no gain).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
-(10,000 steps: about 1.8 h at the 0.643 s/step measured on a 2-core AVX-512 AMD EPYC) for the
-paper's finding (1) in place; with a constant rate its first 2,000 steps are the default run,
-so a default workdir's checkpoints can be continued with it. `:text` conditions on captions
+(10,000 steps: about 1 h 45 min at the 0.613 s/step measured on an idle 2-core AVX-512 AMD EPYC),
+on which the paper's finding (1) holds in place (lowest FD-clf at w = 0.3, docs/RESULTS.md); with
+a constant rate its first 2,000 steps are the default run, so a default workdir's checkpoints can
+be continued with it. `:text` conditions on captions
 instead of labels (cfg_jax.captions: class names and measured brightness, width and texture,
 with synonyms) through the built-in byte-level text encoder and cross-attention at 14x14 and
 7x7; the same recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels),
