@@ -54,7 +54,8 @@ def _check_flags():
   ws = cli.guidance_values(_GUIDANCE.value)
   cli.require(_NUM.value >= 20, f'--num_samples must be >= 20 (10 score splits, k-NN with '
                                 f'k = 3), got {_NUM.value}')
-  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
+  cli.require(_STEPS.value is None or _STEPS.value >= 2,
+              f'--steps must be >= 2, got {_STEPS.value}')
   cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
   cli.require(_GRID.value >= 0, f'--grid_per_class must be >= 0, got {_GRID.value}')
   cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')

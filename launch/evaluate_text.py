@@ -39,8 +39,8 @@ _NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, li
 _NEGATIVE_W = flags.DEFINE_list('negative_guidance', ['1', '4'], 'Values of w (> 0) for the '
                                  'negative-prompt test.')
 _TEMPLATES = flags.DEFINE_enum('templates', 'heldout', ['heldout', 'train'],
-                                'Caption templates of the prompts: the held-out ones, never trained '
-                                'on, or the training ones.')
+                                'Caption templates of the prompts: the held-out ones, never '
+                                'trained on, or the training ones.')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval_text).')
 _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
                                   '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
@@ -94,7 +94,8 @@ def main(argv):
 def _evaluate(pipe, ws, negative_ws, out, settings):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cfg_jax import captions, conditioning, data  # pylint: disable=g-import-not-at-top
-  from cfg_jax.eval import classifier, features, metrics, report  # pylint: disable=g-import-not-at-top
+  from cfg_jax.eval import (classifier, features, metrics,  # pylint: disable=g-import-not-at-top
+                            report)
   config, k = pipe.config, pipe.num_classes
   dc, s = config.data, config.sample
   steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method

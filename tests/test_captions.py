@@ -98,7 +98,8 @@ def test_heldout_templates_never_appear_in_training():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (60, 28, 28, 1), dtype=np.uint8)
   cuts = captions.thresholds(captions.measures(images))
-  prompts, want_labels, requested = captions.evaluation_prompts(images, np.arange(60) % 10, cuts, 30)
+  prompts, want_labels, requested = captions.evaluation_prompts(images, np.arange(60) % 10, cuts,
+                                                                30)
   assert all(p.startswith('a grey shot of') or p.startswith('this ') for p in prompts)
   np.testing.assert_array_equal(np.bincount(want_labels), [3] * 10)     # classes balanced
   assert all(set(np.unique(r)) <= {-1, captions.LOW, captions.HIGH} for r in requested.values())

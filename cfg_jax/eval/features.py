@@ -35,8 +35,8 @@ class Extractor:
     self.meta = meta
     self.num_classes = meta['num_classes']
     self.image_size = meta['image_size']
-    self.name = (f'{meta["name"]} (cfg_jax.eval.classifier, {meta["feature_dim"]}-d pooled features, '
-                 f'test accuracy {100 * meta["test_accuracy"]:.2f}%)')
+    self.name = (f'{meta["name"]} (cfg_jax.eval.classifier, {meta["feature_dim"]}-d pooled '
+                 f'features, test accuracy {100 * meta["test_accuracy"]:.2f}%)')
     self.variables = jax.device_put(variables, sharding.replicated(self.mesh))
     self._apply = jax.jit(functools.partial(model.apply, train=False))
 
