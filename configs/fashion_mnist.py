@@ -6,9 +6,10 @@ The U-Net runs at the native 28x28 (28 -> 14 -> 7), so no padding is needed. Bey
 (whose settings stay the default of configs/imagenet64.py and imagenet128.py), this config
 adopts what teaches more per CPU-minute on a 2,000-step budget (docs/RESULTS.md): no dropout,
 min-SNR-5 loss weighting, and EDM's ρ = 7 time grid over EDM's σ ∈ [0.002, 80] for sampling.
-Adam at 2e-3 (1e-3 until session 5; 2e-3 measured better at w = 0 and 1), constant after warm-up
-(a cosine decay measured worse). The training λ distribution and range stay the paper's (EDM's
-log-normal σ measured much worse with this loss), and so does the EMA (EDM2's power EMA: no gain).
+Adam at 2e-3 (1e-3 and 4e-3 measured worse), constant after warm-up (a cosine decay measured
+worse). The training λ distribution and range stay the paper's (EDM's log-normal σ, a logistic λ
+and the sampler's narrower λ range all measured worse), and so does the EMA (EDM2's power EMA:
+no gain).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
 (10,000 steps: about 1 h 45 min at the 0.613 s/step measured on an idle 2-core AVX-512 AMD EPYC),
