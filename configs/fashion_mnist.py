@@ -12,15 +12,15 @@ and the sampler's narrower λ range all measured worse), and so does the EMA (ED
 no gain).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
-(10,000 steps: about 1 h 45 min at the 0.613 s/step measured on an idle 2-core AVX-512 AMD EPYC),
-on which the paper's finding (1) holds in place (lowest FD-clf at w = 0.3, docs/RESULTS.md); with
-a constant rate its first 2,000 steps are the default run, so a default workdir's checkpoints can
-be continued with it. `:text` conditions on captions
-instead of labels (cfg_jax.captions: class names and measured brightness, width and texture,
-with synonyms) through the built-in byte-level text encoder and cross-attention at 14x14 and
-7x7; the same recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels),
-0.79 s/step on the idle AMD EPYC above (2,000 steps in about 29 min; docs/RESULTS.md has what
-it learns at that budget). Variants combine with commas: `:tiny,text`.
+(10,000 steps: about 1 h 43 min on an idle 2-core AVX-512 AMD EPYC, 0.613 s/step after the
+first 2,000), on which the paper's finding (1) holds in place (lowest FD-clf at w = 0.3,
+docs/RESULTS.md); with a constant rate its first 2,000 steps are the default run, so a default
+workdir's checkpoints can be continued with it. `:text` conditions on captions instead of labels
+(cfg_jax.captions: class names and measured brightness, width and texture, with synonyms)
+through the built-in byte-level text encoder and cross-attention at 14x14 and 7x7; the same
+recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels), 0.79 s/step on the
+idle AMD EPYC above (2,000 steps in about 29 min; docs/RESULTS.md has what it learns at that
+budget). Variants combine with commas: `:tiny,text`.
 """
 from cfg_jax import config_lib
 
