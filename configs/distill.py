@@ -11,7 +11,8 @@ the steps of stage 1, or of each round. Sized from the teacher's train step (0.6
 on an idle 2-core AMD EPYC) and the ratios measured against it, interleaved on a busy machine:
 a stage-1 step (one 2B-row teacher call, the student's step) costs 1.54x, a stage-2 step (two
 B-row teacher calls, the student's step) 1.30x; so about 20 min for stage 1's 1,200 steps and
-8-9 min for each round's 600. Not yet run to the end.
+8-9 min for each round's 600 when idle (stage 1 measured 30 min 47 s beside other jobs). What
+each stage gives: docs/RESULTS.md, "Guidance distillation".
 
 Variant `tiny`: seconds-scale runs for tests and smoke runs (of a tiny teacher, e.g. one trained
 with configs/fashion_mnist.py:tiny); `tiny_progressive` is its stage 2.

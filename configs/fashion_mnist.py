@@ -8,8 +8,8 @@ adopts what teaches more per CPU-minute on a 2,000-step budget (docs/RESULTS.md)
 min-SNR-5 loss weighting, and EDM's ρ = 7 time grid over EDM's σ ∈ [0.002, 80] for sampling.
 Adam at 2e-3 (1e-3 and 4e-3 measured worse), constant after warm-up (a cosine decay measured
 worse). The training λ distribution and range stay the paper's (EDM's log-normal σ, a logistic λ
-and the sampler's narrower λ range all measured worse), and so does the EMA (EDM2's power EMA:
-no gain).
+and the sampler's narrower λ range all measured worse), and so does the EMA's form (a constant
+decay, 0.998 for this short run; EDM2's power EMA: no gain).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
 (10,000 steps: about 1 h 43 min on an idle 2-core AVX-512 AMD EPYC, 0.613 s/step after the
