@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _norm(channels):
-  return nn.GroupNorm(math.gcd(channels, 32), channels, eps=1e-6)  # flax.linen.GroupNorm's
+def _norm(channels, max_groups):
+  return nn.GroupNorm(math.gcd(channels, max_groups), channels, eps=1e-6)  # flax's epsilon
 
 
 def _conv(c_in, c_out, k=3, zero=False):
@@ -38,12 +38,12 @@ def timestep_embedding(t, dim, max_period=10_000.0):
 
 
 class ResBlock(nn.Module):
-  def __init__(self, c_in, c_out, emb_dim, dropout, resample=0):
+  def __init__(self, c_in, c_out, emb_dim, dropout, groups, resample=0):
     super().__init__()
     self.resample = resample
-    self.norm1, self.conv1 = _norm(c_in), _conv(c_in, c_out)
+    self.norm1, self.conv1 = _norm(c_in, groups), _conv(c_in, c_out)
     self.emb = nn.Linear(emb_dim, 2 * c_out)
-    self.norm2, self.drop, self.conv2 = _norm(c_out), nn.Dropout(dropout), _conv(c_out, c_out, zero=True)
+    self.norm2, self.drop, self.conv2 = _norm(c_out, groups), nn.Dropout(dropout), _conv(c_out, c_out, zero=True)
     self.skip = _conv(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
   def forward(self, x, emb):
@@ -58,9 +58,9 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-  def __init__(self, channels, heads):
+  def __init__(self, channels, heads, groups):
     super().__init__()
-    self.norm = _norm(channels)
+    self.norm = _norm(channels, groups)
     self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
     nn.init.zeros_(self.attn.out_proj.weight)
     nn.init.zeros_(self.attn.out_proj.bias)
@@ -93,8 +93,8 @@ class UNet(nn.Module):
     self.channels, emb_dim = ch, 4 * m.channels
     heads = lambda c: m.attention_num_heads or max(1, c // m.attention_head_channels)
     stage = lambda c_in, c_out, size, **kw: _Stage(
-        ResBlock(c_in, c_out, emb_dim, m.dropout, **kw),
-        AttentionBlock(c_out, heads(c_out)) if size in m.attention_resolutions else None)
+        ResBlock(c_in, c_out, emb_dim, m.dropout, m.norm_groups, **kw),
+        AttentionBlock(c_out, heads(c_out), m.norm_groups) if size in m.attention_resolutions else None)
 
     self.emb1, self.emb2 = nn.Linear(ch, emb_dim), nn.Linear(emb_dim, emb_dim)
     self.class_embed = nn.Embedding(d.num_classes + 1, emb_dim)   # row num_classes is ∅
@@ -109,8 +109,9 @@ class UNet(nn.Module):
         self.down.append(stage(c, c, -1, resample=-1))   # Flax: no attention on resampling blocks
         size //= 2
         skips.append(c)
-    self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, m.dropout), AttentionBlock(c, heads(c)),
-                              ResBlock(c, c, emb_dim, m.dropout)])
+    self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, m.dropout, m.norm_groups),
+                              AttentionBlock(c, heads(c), m.norm_groups),
+                              ResBlock(c, c, emb_dim, m.dropout, m.norm_groups)])
     self.up = nn.ModuleList()
     for level, mult in reversed(list(enumerate(m.channel_mult))):
       for _ in range(m.num_res_blocks + 1):
@@ -119,7 +120,7 @@ class UNet(nn.Module):
       if level != 0:
         self.up.append(stage(c, c, -1, resample=+1))
         size *= 2
-    self.norm_out, self.conv_out = _norm(c), _conv(c, d.channels, zero=True)
+    self.norm_out, self.conv_out = _norm(c, m.norm_groups), _conv(c, d.channels, zero=True)
 
   def forward(self, z, logsnr, labels):
     t = torch.atan(torch.exp(-0.5 * logsnr)) / (0.5 * math.pi)   # diffusion.noise_level_input

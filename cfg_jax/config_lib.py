@@ -44,6 +44,7 @@ def base_config():
       attention_head_channels=64,
       attention_num_heads=0,  # > 0 fixes the number of heads instead
       dropout=0.1,
+      norm_groups=32,         # GroupNorm groups: gcd(width, norm_groups) (32: the paper's U-Net)
       dtype='float32',        # compute dtype; params stay float32
       # Sequence conditions ('text', 'embedding' in condition.kinds):
       cross_attention_resolutions=(),  # resolutions with cross-attention to the sequence
@@ -190,6 +191,7 @@ def _ranges(config):
       ('model.attention_num_heads', m.attention_num_heads, m.attention_num_heads >= 0,
        '>= 0 (0: from attention_head_channels)'),
       ('model.dropout', m.dropout, 0.0 <= m.dropout < 1.0, 'in [0, 1)'),
+      ('model.norm_groups', m.norm_groups, m.norm_groups >= 1, '>= 1'),
       ('model.context_dim', m.context_dim, m.context_dim >= 1, '>= 1'),
       ('model.text_layers', m.text_layers, m.text_layers >= 0, '>= 0'),
       ('model.text_heads', m.text_heads, m.text_heads >= 1 and m.context_dim % m.text_heads == 0,

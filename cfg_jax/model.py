@@ -23,8 +23,9 @@ import jax.numpy as jnp
 from cfg_jax import conditioning, diffusion, text_encoder
 
 
-def _groups(channels, max_groups=32):
-  return math.gcd(channels, max_groups)
+def _norm(channels, max_groups, dtype):
+  """GroupNorm with gcd(channels, max_groups) groups: at most max_groups, all of one width."""
+  return nn.GroupNorm(math.gcd(channels, max_groups), dtype=dtype)
 
 
 def timestep_embedding(t, dim, max_period=10_000.0):
@@ -53,17 +54,18 @@ class ResBlock(nn.Module):
   out_channels: int
   dropout: float
   resample: int = 0        # +1 upsample, -1 downsample, 0 none (BigGAN-style residual)
+  norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, emb, *, train):
     conv = lambda c, k=3, **kw: nn.Conv(c, (k, k), dtype=self.dtype, **kw)
-    h = nn.silu(nn.GroupNorm(_groups(x.shape[-1]), dtype=self.dtype)(x))
+    h = nn.silu(_norm(x.shape[-1], self.norm_groups, self.dtype)(x))
     if self.resample:
       h, x = _resample(h, self.resample), _resample(x, self.resample)
     h = conv(self.out_channels)(h)
     scale, shift = jnp.split(nn.Dense(2 * self.out_channels, dtype=self.dtype)(nn.silu(emb)), 2, -1)
-    h = nn.GroupNorm(_groups(self.out_channels), dtype=self.dtype)(h)
+    h = _norm(self.out_channels, self.norm_groups, self.dtype)(h)
     h = h * (1 + scale[:, None, None]) + shift[:, None, None]
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv(self.out_channels, kernel_init=nn.initializers.zeros)(h)
@@ -76,13 +78,14 @@ class AttentionBlock(nn.Module):
   """Multi-head self-attention over the spatial positions, residual, zero-initialised output."""
   head_channels: int = 64
   num_heads: int = 0       # if > 0, overrides head_channels
+  norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
     heads = self.num_heads or max(1, c // self.head_channels)
-    y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+    y = _norm(c, self.norm_groups, self.dtype)(x).reshape(b, h * w, c)
     y = nn.MultiHeadDotProductAttention(
         num_heads=heads, dtype=self.dtype, out_kernel_init=nn.initializers.zeros)(y)
     return x + y.reshape(b, h, w, c)
@@ -93,13 +96,14 @@ class CrossAttentionBlock(nn.Module):
   `mask`), residual, zero-initialised output."""
   head_channels: int = 64
   num_heads: int = 0
+  norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, context, mask):
     b, h, w, c = x.shape
     heads = self.num_heads or max(1, c // self.head_channels)
-    y = nn.GroupNorm(_groups(c), dtype=self.dtype)(x).reshape(b, h * w, c)
+    y = _norm(c, self.norm_groups, self.dtype)(x).reshape(b, h * w, c)
     y = nn.MultiHeadDotProductAttention(
         num_heads=heads, qkv_features=c, out_features=c, dtype=self.dtype,
         out_kernel_init=nn.initializers.zeros)(y, context, mask=mask[:, None, None, :])
@@ -119,6 +123,7 @@ class UNet(nn.Module):
   attention_head_channels: int = 64
   attention_num_heads: int = 0
   dropout: float = 0.1
+  norm_groups: int = 32          # GroupNorm: gcd(width, norm_groups) groups
   # Sequence conditions ('text', 'embedding'); unused by a label-only condition.
   cross_attention_resolutions: Sequence[int] = ()
   context_dim: int = 64          # width of the sequence cross-attention reads (= text encoder's)
@@ -157,11 +162,12 @@ class UNet(nn.Module):
     """cond: (B,) class labels, or a dict of condition kinds (cfg_jax.conditioning); w: the
     guidance strength, for a `guidance_embed` student only."""
     emb_dim = 4 * self.channels
-    block = lambda c, **kw: ResBlock(c, self.dropout, dtype=self.dtype, **kw)
+    block = lambda c, **kw: ResBlock(c, self.dropout, norm_groups=self.norm_groups,
+                                     dtype=self.dtype, **kw)
     attn = lambda: AttentionBlock(self.attention_head_channels, self.attention_num_heads,
-                                  dtype=self.dtype)
+                                  self.norm_groups, dtype=self.dtype)
     cross = lambda: CrossAttentionBlock(self.attention_head_channels, self.attention_num_heads,
-                                        dtype=self.dtype)
+                                        self.norm_groups, dtype=self.dtype)
     cond = cond if isinstance(cond, dict) else {'label': cond}
 
     # Noise level and class (index num_classes is the null label ∅) share one embedding.
@@ -218,7 +224,7 @@ class UNet(nn.Module):
       if level != 0:
         h = block(h.shape[-1], resample=+1)(h, emb, train=train)
 
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
+    h = nn.silu(_norm(h.shape[-1], self.norm_groups, self.dtype)(h))
     out = nn.Conv(z.shape[-1], (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
     return out.astype(jnp.float32)
 
@@ -248,6 +254,7 @@ def from_config(config):
       attention_head_channels=m.attention_head_channels,
       attention_num_heads=m.attention_num_heads,
       dropout=m.dropout,
+      norm_groups=m.norm_groups,
       cross_attention_resolutions=tuple(m.cross_attention_resolutions),
       context_dim=m.context_dim,
       text_layers=m.text_layers,

@@ -76,8 +76,10 @@ def _load(net, params):
     _attention(m, params[f'AttentionBlock_{i}'])
 
 
-def test_same_outputs_from_the_same_parameters():
+@pytest.mark.parametrize('norm_groups', [32, 4])   # tiny widths 8, 16: 8 and 16 groups; 4 and 4
+def test_same_outputs_from_the_same_parameters(norm_groups):
   config = tiny_config()   # 2 heads at 16 channels, attention at 14x14 and in the middle
+  config.model.norm_groups = norm_groups
   flax_model = model_lib.from_config(config)
   b = 4
   z = np.random.default_rng(0).normal(size=(b, 28, 28, 1)).astype(np.float32)
