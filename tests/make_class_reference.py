@@ -4,8 +4,11 @@ and samples on the tiny config, as computed before text conditioning existed (ma
   git archive c9343e2 | tar -x -C /tmp/main_src
   PYTHONPATH=/tmp/main_src:$PWD/tests python tests/make_class_reference.py
 
-tests/test_text_conditioning.py checks that today's code reproduces every value bit for bit.
-Rerun only on purpose (a deliberate change of the class path), and say so in the commit.
+  (with today's tests/ and cfg_jax/runtime.py, which sets only process flags, copied in)
+
+tests/test_text_conditioning.py checks that today's code reproduces the initial parameters bit
+for bit and everything computed from them to float32 rounding (XLA's rounding differs between
+CPUs). Rerun only on purpose (a deliberate change of the class path), and say so in the commit.
 """
 import hashlib
 import os
@@ -71,16 +74,19 @@ def compute():
   for _ in range(3):
     state, metrics = built.step(state, batch)   # donates the old state
     losses.append(np.asarray(metrics['loss']))
-  return dict(init=init, output=np.asarray(out), loss=np.stack(losses),
-              stepped=leaf_digests(state.params), samples=np.asarray(samples))
+  stepped = {jax.tree_util.keystr(p): np.asarray(x)
+             for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  return dict(init=init, output=np.asarray(out), loss=np.stack(losses), stepped=stepped,
+              samples=np.asarray(samples))
 
 
 def main():
   ref = compute()
   arrays = {'output': ref['output'], 'loss': ref['loss'], 'samples': ref['samples']}
-  for name in ('init', 'stepped'):
-    arrays[f'{name}_paths'] = np.array(sorted(ref[name]))
-    arrays[f'{name}_digests'] = np.array([ref[name][k] for k in sorted(ref[name])])
+  arrays['init_paths'] = np.array(sorted(ref['init']))
+  arrays['init_digests'] = np.array([ref['init'][k] for k in sorted(ref['init'])])
+  arrays['stepped_paths'] = np.array(sorted(ref['stepped']))
+  arrays['stepped'] = np.concatenate([ref['stepped'][k].ravel() for k in sorted(ref['stepped'])])
   np.savez_compressed(PATH, **arrays)
   print(f'wrote {PATH}')
 

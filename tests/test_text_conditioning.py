@@ -1,6 +1,6 @@
 """Conditions beyond class labels (cfg_jax.conditioning): each kind's null and dropout, the byte
 tokenizer, cross-attention, guided sampling on condition pytrees with negative prompts, the
-precomputed-embedding data path, and the class-label path unchanged bit for bit."""
+precomputed-embedding data path, and the class-label path unchanged (to float32 rounding)."""
 import functools
 import importlib.util
 import os
@@ -29,16 +29,23 @@ def _config(variant):
 # --- The class path is what it was ----------------------------------------------------------
 
 
-def test_class_label_path_is_bit_identical_to_before_text_conditioning():
-  """Parameters, output, one train step and samples of the tiny class config, against values
-  computed by main c9343e2 (tests/make_class_reference.py) before conditions were pytrees."""
+def test_class_label_path_is_what_it_was_before_text_conditioning():
+  """Parameters, output, three train steps and samples of the tiny class config, against values
+  computed by main c9343e2 (tests/make_class_reference.py) before conditions were pytrees. The
+  initial parameters come from the RNG alone and match bit for bit; what is computed from them
+  matches to float32 rounding, which XLA does differently on different CPUs and flags (measured
+  up to 1.2e-7 in output and loss, 1.5e-5 in parameters, 1.2e-5 in samples; a learning rate of
+  2.1e-3 instead of 2e-3 moves the parameters by 1.3e-4 and the loss by 5.6e-4)."""
   ref = np.load(make_class_reference.PATH)
   now = make_class_reference.compute()
-  for name in ('init', 'stepped'):
-    assert sorted(now[name]) == list(ref[f'{name}_paths']), f'{name}: parameter tree changed'
-    assert [now[name][k] for k in sorted(now[name])] == list(ref[f'{name}_digests']), name
-  for name in ('output', 'loss', 'samples'):
-    np.testing.assert_array_equal(now[name], ref[name], err_msg=name)
+  assert sorted(now['init']) == list(ref['init_paths']), 'init: parameter tree changed'
+  assert [now['init'][k] for k in sorted(now['init'])] == list(ref['init_digests']), 'init'
+  assert sorted(now['stepped']) == list(ref['stepped_paths']), 'stepped: parameter tree changed'
+  stepped = np.concatenate([now['stepped'][k].ravel() for k in sorted(now['stepped'])])
+  np.testing.assert_allclose(stepped, ref['stepped'], rtol=0, atol=5e-5, err_msg='stepped')
+  np.testing.assert_allclose(now['output'], ref['output'], rtol=0, atol=1e-6, err_msg='output')
+  np.testing.assert_allclose(now['loss'], ref['loss'], rtol=1e-5, err_msg='loss')
+  np.testing.assert_allclose(now['samples'], ref['samples'], rtol=0, atol=1e-4, err_msg='samples')
 
 
 # --- Tokenizer ------------------------------------------------------------------------------
