@@ -14,10 +14,12 @@ DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'cfg_jax', '
 CPU_XLA_FLAGS = {'xla_cpu_experimental_ynn_fusion_type': '-individual_convolution,-individual_dot,-dot'}
 
 
-def with_cpu_xla_flags(xla_flags):
-  """`xla_flags` (an XLA_FLAGS value) plus CPU_XLA_FLAGS, except those it already sets."""
+def add_cpu_xla_flags(environ=os.environ):
+  """Adds CPU_XLA_FLAGS to environ['XLA_FLAGS'], except those it already sets; before any
+  device is touched (setup() and tests/conftest.py)."""
+  xla_flags = environ.get('XLA_FLAGS', '')
   extra = [f'--{name}={value}' for name, value in CPU_XLA_FLAGS.items() if name not in xla_flags]
-  return ' '.join([xla_flags.strip()] + extra).strip()
+  environ['XLA_FLAGS'] = ' '.join([xla_flags.strip()] + extra).strip()
 
 
 def _distributed_requested(flag):
@@ -42,7 +44,7 @@ def setup(*, cpu_devices=None, compilation_cache=DEFAULT_CACHE_DIR, distributed=
   On CPU the processes talk through gloo, JAX's default CPU collectives.
   XLA_FLAGS gains CPU_XLA_FLAGS, except any it already sets.
   """
-  os.environ['XLA_FLAGS'] = with_cpu_xla_flags(os.environ.get('XLA_FLAGS', ''))
+  add_cpu_xla_flags()
   if cpu_devices is None:
     cpu_devices = os.cpu_count() or 1
   if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):

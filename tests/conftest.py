@@ -7,7 +7,7 @@ import pytest
 
 from cfg_jax import runtime
 
-os.environ['XLA_FLAGS'] = runtime.with_cpu_xla_flags(os.environ.get('XLA_FLAGS', ''))  # as setup()
+runtime.add_cpu_xla_flags()   # as runtime.setup() does
 jax.config.update('jax_num_cpu_devices', 8)
 jax.config.update('jax_compilation_cache_dir',
                   os.environ.get('CFG_JAX_TEST_CACHE', os.path.expanduser('~/.cache/cfg_jax/xla-tests')))

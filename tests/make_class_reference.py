@@ -2,9 +2,8 @@
 and samples on the tiny config, as computed before text conditioning existed (main c9343e2).
 
   git archive c9343e2 | tar -x -C /tmp/main_src
+  cp cfg_jax/runtime.py /tmp/main_src/cfg_jax/   # today's conftest needs it; it sets only flags
   PYTHONPATH=/tmp/main_src:$PWD/tests python tests/make_class_reference.py
-
-  (with today's tests/ and cfg_jax/runtime.py, which sets only process flags, copied in)
 
 tests/test_text_conditioning.py checks that today's code reproduces the initial parameters bit
 for bit and everything computed from them to float32 rounding (XLA's rounding differs between
@@ -74,19 +73,19 @@ def compute():
   for _ in range(3):
     state, metrics = built.step(state, batch)   # donates the old state
     losses.append(np.asarray(metrics['loss']))
-  stepped = {jax.tree_util.keystr(p): np.asarray(x)
-             for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
-  return dict(init=init, output=np.asarray(out), loss=np.stack(losses), stepped=stepped,
+  leaves = {jax.tree_util.keystr(p): np.asarray(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  return dict(init=init, output=np.asarray(out), loss=np.stack(losses),
+              stepped_paths=np.array(sorted(leaves)),
+              stepped=np.concatenate([leaves[k].ravel() for k in sorted(leaves)]),
               samples=np.asarray(samples))
 
 
 def main():
   ref = compute()
-  arrays = {'output': ref['output'], 'loss': ref['loss'], 'samples': ref['samples']}
+  arrays = {k: ref[k] for k in ('output', 'loss', 'samples', 'stepped_paths', 'stepped')}
   arrays['init_paths'] = np.array(sorted(ref['init']))
   arrays['init_digests'] = np.array([ref['init'][k] for k in sorted(ref['init'])])
-  arrays['stepped_paths'] = np.array(sorted(ref['stepped']))
-  arrays['stepped'] = np.concatenate([ref['stepped'][k].ravel() for k in sorted(ref['stepped'])])
   np.savez_compressed(PATH, **arrays)
   print(f'wrote {PATH}')
 
