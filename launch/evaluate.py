@@ -34,10 +34,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained workdir.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
 _GUIDANCE = flags.DEFINE_list('guidance', DEFAULT_GUIDANCE, 'Values of w (paper convention).')
 _NUM = flags.DEFINE_integer('num_samples', 2000, 'Samples per w (classes balanced).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v (default: config).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (and the seed of the real-data subsets).')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/eval).')
 _CLASSIFIER = flags.DEFINE_string('classifier_dir', None, 'Reference classifier (default: '
                                   '~/.cache/cfg_jax/classifiers/<data set>; trained if missing).')
@@ -54,13 +50,7 @@ def _check_flags():
   ws = cli.guidance_values(_GUIDANCE.value)
   cli.require(_NUM.value >= 20, f'--num_samples must be >= 20 (10 score splits, k-NN with '
                                 f'k = 3), got {_NUM.value}')
-  cli.require(_STEPS.value is None or _STEPS.value >= 2,
-              f'--steps must be >= 2, got {_STEPS.value}')
-  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
   cli.require(_GRID.value >= 0, f'--grid_per_class must be >= 0, got {_GRID.value}')
-  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
-  cli.require(_V.value is None or 0.0 <= _V.value <= 1.0,
-              f'--variance_v must lie in [0, 1], got {_V.value}')
   cli.require(_STEP.value is None or _STEP.value >= 0, f'--step must be >= 0, got {_STEP.value}')
   cli.require(_CLASSIFIER_STEPS.value >= 1,
               f'--classifier_steps must be >= 1, got {_CLASSIFIER_STEPS.value}')
@@ -73,7 +63,7 @@ def _check_flags():
     cli.check_writable(_WORKDIR.value, '--workdir')
   try:
     return ws, sampling_flags.overrides()
-  except sampling_flags.GuidanceFlagError as e:
+  except sampling_flags.SamplingFlagError as e:
     cli.fail(str(e))
 
 
@@ -90,9 +80,10 @@ def main(argv):
     cli.check_writable(_CLASSIFIER.value, '--classifier_dir')
   try:
     result = evaluation.evaluate_workdir(
-        _WORKDIR.value, ws, num_samples=_NUM.value, step=_STEP.value, steps=_STEPS.value,
-        method=sampling_flags.SAMPLER.value, v=_V.value, seed=_SEED.value,
-        batch_size=_BATCH.value, out=out, classifier_dir=_CLASSIFIER.value,
+        _WORKDIR.value, ws, num_samples=_NUM.value, step=_STEP.value,
+        steps=sampling_flags.STEPS.value, method=sampling_flags.SAMPLER.value,
+        v=sampling_flags.VARIANCE_V.value, seed=sampling_flags.SEED.value,
+        batch_size=sampling_flags.BATCH.value, out=out, classifier_dir=_CLASSIFIER.value,
         classifier_steps=_CLASSIFIER_STEPS.value, grid_per_class=_GRID.value,
         settings=sample_settings)
   except evaluation.USER_ERRORS as e:

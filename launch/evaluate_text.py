@@ -30,9 +30,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Trained text-conditioned workdi
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _GUIDANCE = flags.DEFINE_list('guidance', ['0', '0.3', '1', '2', '4'], 'Values of w.')
 _NUM = flags.DEFINE_integer('num_samples', 1000, 'Samples per w (classes balanced).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Noise and prompt seed.')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _NEGATIVE = flags.DEFINE_string('negative', 'dark', 'An attribute word (dark, light, narrow, '
                                 'wide, smooth, textured, …) for the negative-prompt test; '
                                 '"" skips it.')
@@ -54,10 +51,6 @@ def _check_flags():
   cli.require(all(w > 0 for w in negative_ws), f'--negative_guidance must be > 0 (at w = 0 the '
               f'negative prompt has no effect), got {",".join(_NEGATIVE_W.value)}')
   cli.require(_NUM.value >= 20, f'--num_samples must be >= 20, got {_NUM.value}')
-  cli.require(_STEPS.value is None or _STEPS.value >= 2,
-              f'--steps must be >= 2, got {_STEPS.value}')
-  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
-  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
   cli.require(not _NEGATIVE.value or captions.attribute_of(_NEGATIVE.value) is not None,
               f'--negative={_NEGATIVE.value!r} names no attribute; use one of ' + ', '.join(
                   w for _, low, high in captions.ATTRIBUTES.values() for w in low + high))
@@ -65,7 +58,7 @@ def _check_flags():
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
   try:
     return ws, negative_ws, sampling_flags.overrides()
-  except sampling_flags.GuidanceFlagError as e:
+  except sampling_flags.SamplingFlagError as e:
     cli.fail(str(e))
 
 
@@ -98,7 +91,8 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
                             report)
   config, k = pipe.config, pipe.num_classes
   dc, s = config.data, config.sample
-  steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
+  steps, method = sampling_flags.STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
+  seed = sampling_flags.SEED.value
   clf_dir = _CLASSIFIER.value or classifier.default_dir(dc.name)
   try:
     extractor = classifier.ensure_extractor(clf_dir, dc)
@@ -110,21 +104,22 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
   reference = metrics.Reference(test_feats, f'{dc.name} {dc.eval_split} ({len(test_feats)} images)')
   templates = {'heldout': captions.HELDOUT_TEMPLATES, 'train': captions.TRAIN_TEMPLATES}
   prompts, labels, requested = captions.evaluation_prompts(
-      test_images, test_labels, cuts, _NUM.value, _SEED.value, templates[_TEMPLATES.value])
+      test_images, test_labels, cuts, _NUM.value, seed, templates[_TEMPLATES.value])
   n = len(prompts)
 
   def draw(w, texts, negative=None):
     """uint8 samples for `texts` at w (sample i: noise stream i of --seed at every w)."""
     x = pipe.sample(prompts=texts, w=np.full(len(texts), w, np.float32),
-                    negative_prompts=negative, steps=steps, method=method, seed=_SEED.value,
-                    batch_size=_BATCH.value, progress=True, **settings)
+                    negative_prompts=negative, steps=steps, method=method,
+                    v=sampling_flags.VARIANCE_V.value, seed=seed,
+                    batch_size=sampling_flags.BATCH.value, progress=True, **settings)
     return data.to_uint8(x)
 
   rows = []
   for w in ws:
     images = draw(w, prompts)
     scores = metrics.evaluate_images(extractor, data.to_unit_range(images), labels, reference,
-                                     num_classes=k, seed=_SEED.value)
+                                     num_classes=k, seed=seed)
     row = {'w': w, **{key: scores[key] for key in ('class_agreement', 'fd_clf', 'fd_clf_std',
                                                      'precision', 'recall', 'num_samples',
                                                      'per_class_agreement')}}
@@ -145,7 +140,7 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
 
   report.write_json(os.path.join(out, 'metrics.json'), {
       'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
-                   'sampler': method, 'steps': steps, 'seed': _SEED.value, 'num_samples': n,
+                   'sampler': method, 'steps': steps, 'seed': seed, 'num_samples': n,
                    'sample_settings': settings,
                    'prompts': f'{_TEMPLATES.value} templates',
                    'templates': templates[_TEMPLATES.value],

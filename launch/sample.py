@@ -38,16 +38,11 @@ _GUIDANCE = flags.DEFINE_list('guidance', None, 'Values of w (paper convention; 
 _PER_CLASS = flags.DEFINE_integer('per_class', None,
                                   "Samples per class (or prompt) and w (default: the config's "
                                   'sample.per_class).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: the config\'s).')
-_V = flags.DEFINE_float('variance_v', None, 'Ancestral variance interpolation v in [0, 1] '
-                        '(default: config).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Noise seed (>= 0).')
 _CLASSES = flags.DEFINE_list('classes', None, 'Class indices (default: all).')
 _PROMPT = flags.DEFINE_multi_string('prompt', None, 'Text models: a prompt (repeat the flag for '
                                     'more; default: each class\'s plainest prompt).')
 _NEGATIVE = flags.DEFINE_string('negative_prompt', None, 'Text models: the prompt guidance '
                                 'steers away from, in place of the empty prompt.')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Samples per network call (memory control).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder (default: WORKDIR/samples).')
 flags.mark_flags_as_required(['workdir'])
 
@@ -88,11 +83,6 @@ def _check_flags():
   ws = cli.guidance_values(_GUIDANCE.value) if _GUIDANCE.value is not None else None
   cli.require(_PER_CLASS.value is None or _PER_CLASS.value >= 1,
               f'--per_class must be >= 1, got {_PER_CLASS.value}')
-  cli.require(_STEPS.value is None or _STEPS.value >= 2, f'--steps must be >= 2, got {_STEPS.value}')
-  cli.require(_BATCH.value >= 1, f'--batch_size must be >= 1, got {_BATCH.value}')
-  cli.require(_SEED.value >= 0, f'--seed must be >= 0, got {_SEED.value}')
-  cli.require(_V.value is None or 0.0 <= _V.value <= 1.0,
-              f'--variance_v must lie in [0, 1], got {_V.value}')
   cli.require(_STEP.value is None or _STEP.value >= 0, f'--step must be >= 0, got {_STEP.value}')
   cli.require(not _PROMPT.value or all(p.strip() for p in _PROMPT.value),
               '--prompt must not be empty (leave it out for each class\'s plainest prompt)')
@@ -102,7 +92,7 @@ def _check_flags():
     cli.fail(f'--classes must be integers, got {",".join(_CLASSES.value)!r}')
   try:
     settings = sampling_flags.overrides()
-  except sampling_flags.GuidanceFlagError as e:
+  except sampling_flags.SamplingFlagError as e:
     cli.fail(str(e))
   cli.require(os.path.isdir(_WORKDIR.value),
               f'--workdir={_WORKDIR.value} does not exist; train first with launch/train.py')
@@ -166,7 +156,7 @@ def main(argv):
     ws, settings = [pipe.tuned['w']], {**pipe.tuned.get('settings', {}), **settings}
     print(f'w = {ws[0]:g} (chosen for this checkpoint by a sweep: {_WORKDIR.value}/guidance.json)')
   ws = list(s.guidance) if ws is None else ws
-  steps, method = _STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
+  steps, method = sampling_flags.STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
   net_rows = total * steps * (1 if pipe.distilled else 2)
@@ -186,14 +176,15 @@ def main(argv):
       if cli.is_main_process() else None
   shown = min(n, GRID_PER_CLASS)
   grid = []   # the first `shown` repeats of every (w, class)
-  chunk = max(_BATCH.value, pipe.mesh.size)
+  chunk = max(sampling_flags.BATCH.value, pipe.mesh.size)
   try:
     for start in tqdm.trange(0, total, chunk, desc='sample', unit='call'):
       stop = min(start + chunk, total)
       x = pipe.sample(labels[start:stop] if 'label' in kinds else None, w[start:stop],
                       prompts=None if prompts is None else row_prompts[start:stop].tolist(),
-                      negative_prompts=_NEGATIVE.value, steps=steps, method=method, v=_V.value,
-                      seed=_SEED.value, batch_size=chunk, first_index=start, **settings)
+                      negative_prompts=_NEGATIVE.value, steps=steps, method=method,
+                      v=sampling_flags.VARIANCE_V.value, seed=sampling_flags.SEED.value,
+                      batch_size=chunk, first_index=start, **settings)
       if writer:
         writer.write(x)
       grid.append(x[np.arange(start, stop) % n < shown])
@@ -209,7 +200,7 @@ def main(argv):
   names = visualize.class_names(pipe.config)
   null = '∅' if _NEGATIVE.value is None else f'"{_NEGATIVE.value}"'
   rule = 'distilled ε(z,c,w)' if pipe.distilled else f'ε̃ = (1+w)·ε(z,c) − w·ε(z,{null})'
-  title = f'{method}, {steps} steps, seed {_SEED.value}; {rule}'
+  title = f'{method}, {steps} steps, seed {sampling_flags.SEED.value}; {rule}'
   grid = np.concatenate(grid).reshape((len(ws), len(classes), shown) + pipe.shape)
   rows = prompts if prompts is not None else [names[c] for c in classes]
   visualize.guidance_grid(grid, ws, rows, os.path.join(out, 'grid.png'), title)

@@ -192,6 +192,9 @@ def _tool_cases(tmp, workdir):
       'sample_rescale_nan': ('sample.py', [w, '--rescale=nan'],
                              ['--rescale=nan must be a finite number in [0, 1]']),
       'sample_unknown_rule': ('sample.py', [w, '--guidance_rule=cfg+'], ['--guidance_rule', 'cfg+']),
+      'sample_one_step': ('sample.py', [w, '--steps=1'], ['--steps must be >= 2, got 1']),
+      'evaluate_variance_v': ('evaluate.py', [w, '--variance_v=2'],
+                              ['--variance_v must lie in [0, 1], got 2.0']),
       'evaluate_max_fd_alone': ('evaluate.py', [w, '--max_fd=2'], ['--max_fd goes with --choose']),
       'evaluate_step_0': ('evaluate.py', [w, '--step=0'],
                           ['no checkpoint at step 0 in', 'it holds steps 2']),
@@ -226,6 +229,7 @@ def tool_outcomes(trained):
 @pytest.mark.parametrize('case', [
     'sample_nan_w', 'sample_unwritable_out', 'sample_missing_step', 'sample_too_large',
     'sample_flag_type', 'sample_interval_reversed', 'sample_rescale_nan', 'sample_unknown_rule',
+    'sample_one_step', 'evaluate_variance_v',
     'evaluate_step_0', 'evaluate_too_large', 'evaluate_unwritable_out', 'evaluate_distributed',
     'evaluate_max_fd_alone',
     'classifier_unwritable_out', 'compare_unwritable_out', 'aot_no_devices'])
