@@ -67,6 +67,11 @@ def _check_run_flags():
       raise SamplingFlagError(message)
 
 
+def steps_and_method(sample_config):
+  """The sampler's step count and method: the flags where given, else the config's."""
+  return STEPS.value or sample_config.steps, SAMPLER.value or sample_config.method
+
+
 def overrides():
   """The grid and guidance settings given on the command line; raises SamplingFlagError if any
   flag of this module is out of range."""

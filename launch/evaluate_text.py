@@ -91,7 +91,7 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
                             report)
   config, k = pipe.config, pipe.num_classes
   dc, s = config.data, config.sample
-  steps, method = sampling_flags.STEPS.value or s.steps, sampling_flags.SAMPLER.value or s.method
+  steps, method = sampling_flags.steps_and_method(s)
   seed = sampling_flags.SEED.value
   clf_dir = _CLASSIFIER.value or classifier.default_dir(dc.name)
   try:
