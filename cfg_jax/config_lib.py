@@ -73,6 +73,7 @@ def base_config():
       learning_rate=2e-4,
       warmup_steps=1000,
       lr_schedule='constant', # after warm-up: 'constant' (paper) or 'cosine' decay to 0
+      adam_b2=0.999,          # Adam's β₂ (0.999: Adam's own, the paper's U-Net's; EDM2: 0.99)
       loss_weighting='none',  # 'none' (paper: plain ε-MSE), 'min_snr' (γ), 'edm' (σ_data)
       min_snr_gamma=5.0,
       edm_sigma_data=0.5,
@@ -207,6 +208,7 @@ def _ranges(config):
       ('train.learning_rate', t.learning_rate, finite(t.learning_rate) and t.learning_rate > 0,
        'finite and > 0'),
       ('train.warmup_steps', t.warmup_steps, t.warmup_steps >= 0, '>= 0'),
+      ('train.adam_b2', t.adam_b2, 0.0 <= t.adam_b2 < 1.0, 'in [0, 1)'),
       ('train.grad_clip', t.grad_clip, finite(t.grad_clip) and t.grad_clip > 0, 'finite and > 0'),
       ('train.ema_decay', t.ema_decay, 0.0 <= t.ema_decay < 1.0, 'in [0, 1)'),
       ('train.log_every', t.log_every, t.log_every >= 1, '>= 1'),

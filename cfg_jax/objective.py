@@ -22,7 +22,8 @@ LOSS_WEIGHTINGS = ('none', 'min_snr', 'edm')
 
 
 def make_optimizer(train_config):
-  """Adam with linear warm-up and global-norm gradient clipping; returns (tx, lr schedule).
+  """Adam (β₂ = train.adam_b2) with linear warm-up and global-norm gradient clipping; returns
+  (tx, lr schedule).
 
   After the warm-up the rate stays constant (paper) or follows a cosine to 0 at num_steps.
   """
@@ -33,7 +34,7 @@ def make_optimizer(train_config):
                                                   max(t.num_steps, warmup + 1))
   else:
     schedule = optax.linear_schedule(0.0, t.learning_rate, warmup)
-  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule))
+  tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), optax.adam(schedule, b2=t.adam_b2))
   return tx, schedule
 
 

@@ -102,6 +102,23 @@ def test_cosine_learning_rate_warms_up_then_decays_to_zero():
   np.testing.assert_allclose(got, want, atol=1e-9)
 
 
+@pytest.mark.parametrize('b2', [0.999, 0.99])
+def test_adam_b2_matches_float64_adam(b2):
+  config = tiny_config(num_steps=10, warmup_steps=0, learning_rate=1e-2, adam_b2=b2, grad_clip=1e9)
+  tx, _ = objective.make_optimizer(config.train)
+  rng = np.random.default_rng(0)
+  grads = rng.normal(size=(5, 7)) * np.array([[1.0], [0.1], [3.0], [0.01], [1.0]])
+  param, m, v = np.zeros(7), np.zeros(7), np.zeros(7)
+  state, p32 = tx.init(jnp.zeros(7)), jnp.zeros(7)
+  for t, g in enumerate(grads, start=1):                # Kingma & Ba's Algorithm 1, float64
+    m, v = 0.9 * m + 0.1 * g, b2 * v + (1 - b2) * g ** 2
+    lr = 0.0 if t == 1 else 1e-2                        # the shortest warm-up: one step at 0
+    param = param - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + 1e-8)
+    updates, state = tx.update(jnp.asarray(g, jnp.float32), state, p32)
+    p32 = p32 + updates
+  np.testing.assert_allclose(np.asarray(p32, np.float64), param, rtol=1e-4, atol=1e-7)
+
+
 def _grid(kind, steps, lo, hi, rho=7.0):
   return np.asarray(sampling.logsnr_grid(jnp.arange(steps), jnp.asarray(steps), grid=kind,
                                          logsnr_min=lo, logsnr_max=hi, rho=rho), np.float64)
