@@ -251,10 +251,14 @@ def test_negative_prompt_takes_the_place_of_the_null(text_pipes, text_unet):
   x = pipe.sample(prompts=prompts, negative_prompts=negative, w=w, steps=2, method='ddim',
                   clip=False, seed=seed, grid='logsnr', logsnr_range=(-6.0, 6.0))
 
-  net = lambda z, lam, texts: np.asarray(model.apply(
-      {'params': params}, jnp.asarray(z, jnp.float32), jnp.full((2,), lam, jnp.float32),
-      {'text': tokenizer.encode(texts, config.model.text_max_len)}), np.float64)
   alpha_sigma = lambda lam: (np.sqrt(1 / (1 + np.exp(-lam))), np.sqrt(1 / (1 + np.exp(lam))))
+
+  def net(z, lam, texts):                      # ε; from v = α·ε − σ·x: ε = σ·z + α·v
+    out = np.asarray(model.apply(
+        {'params': params}, jnp.asarray(z, jnp.float32), jnp.full((2,), lam, jnp.float32),
+        {'text': tokenizer.encode(texts, config.model.text_max_len)}), np.float64)
+    a, s = alpha_sigma(lam)
+    return out if config.diffusion.prediction == 'eps' else s * z + a * out
   key = jax.random.key(seed)
   z = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), 0),
                                              (28, 28, 1)), np.float64) for i in range(2)])
