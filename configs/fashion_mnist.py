@@ -19,8 +19,9 @@ Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` tra
 (10,000 steps: about 1 h 43 min on an idle 2-core AVX-512 AMD EPYC, 0.613 s/step after the
 first 2,000), on which the paper's finding (1) holds in place (lowest FD-clf at w = 0.3,
 docs/RESULTS.md; measured before the default took 8 groups and v-prediction:
-`--config.model.norm_groups=32 --config.diffusion.prediction=eps` reproduces it); with a constant rate its first 2,000 steps are the default run, so a default
-workdir's checkpoints can be continued with it. `:text` conditions on captions instead of labels
+`--config.model.norm_groups=32 --config.diffusion.prediction=eps` reproduces it); with a
+constant rate its first 2,000 steps are the default run, so a default workdir's checkpoints can
+be continued with it. `:text` conditions on captions instead of labels
 (cfg_jax.captions: class names and measured brightness, width and texture, with synonyms)
 through the built-in byte-level text encoder and cross-attention at 14x14 and 7x7; the same
 recipe otherwise: 1.62M parameters, 93.1 GFLOP per step (83.6 for labels), 0.79 s/step on the
