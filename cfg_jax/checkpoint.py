@@ -212,15 +212,15 @@ def setting_diffs(saved, config, sections=('model', 'data'), ignore=()):
   return out
 
 
-# Model settings that change what the parameters compute but not their shapes, so that a
-# resumed run must keep them (the shape check cannot see them).
-SAME_SHAPE_MODEL_KEYS = ('norm_groups',)
+# Settings that change what the parameters compute but not their shapes, so that a resumed run
+# must keep them (the shape check cannot see them): (config section, key).
+SAME_SHAPE_KEYS = (('model', 'norm_groups'), ('diffusion', 'prediction'))
 
 
 def check_compatible(mngr, abstract_state, step, config=None):
   """Raises CheckpointError naming the parameters whose saved shapes differ from the model's
   (and, given the current config, the model and data settings that differ from the saved, or
-  a SAME_SHAPE_MODEL_KEYS setting that does), or the state fields that the checkpoint lacks."""
+  a SAME_SHAPE_KEYS setting that does), or the state fields that the checkpoint lacks."""
   with _reading(mngr, step):
     metadata = mngr.item_metadata(step)
   for item in ('train_state', 'ema_params'):
@@ -244,14 +244,14 @@ def check_compatible(mngr, abstract_state, step, config=None):
         f'{settings}: {len(diffs)} parameter(s) differ, e.g. {"; ".join(diffs[:3])}. Train in '
         f'a new --workdir, or rerun with the config saved in the checkpoint')
   if config:
-    saved_model = restore_config(mngr, step).model
-    for key in SAME_SHAPE_MODEL_KEYS:
-      if saved_model[key] != config.model[key]:
+    saved_config = restore_config(mngr, step)
+    for section, key in SAME_SHAPE_KEYS:
+      old, new = saved_config[section][key], config[section][key]
+      if old != new:
         raise CheckpointError(
-            f'checkpoint {step} in {mngr.directory} was trained with model.{key}='
-            f'{saved_model[key]}, not {config.model[key]}: its parameters would compute another '
-            f'function. Rerun with --config.model.{key}={saved_model[key]}, or train in a new '
-            f'--workdir')
+            f'checkpoint {step} in {mngr.directory} was trained with {section}.{key}={old}, '
+            f'not {new}: its parameters would compute another function. Rerun with '
+            f'--config.{section}.{key}={old}, or train in a new --workdir')
 
 
 def check_position(mngr, step, config):

@@ -107,6 +107,9 @@ def _cases(tmp):
       'resume_other_norm_groups': (['--config.model.norm_groups=4'],
                                    ['was trained with model.norm_groups=8, not 4',
                                     'Rerun with --config.model.norm_groups=8']),
+      'resume_other_prediction': (['--config.diffusion.prediction=eps'],
+                                  ['was trained with diffusion.prediction=v, not eps',
+                                   'Rerun with --config.diffusion.prediction=v']),
       'resume_other_seed': (['--config.seed=1'],
                             ['was trained with seed=0, not seed=1', 'Rerun with --config.seed=0']),
       'unwritable_workdir': ([], [f'workdir {not_a_dir}/run cannot be written', '--workdir'],
@@ -165,7 +168,8 @@ def _assert_one_line(proc, expected):
     'labels_out_of_range', 'labels_too_few', 'labels_too_many', 'images_truncated',
     'image_size_mismatch', 'nonfinite_setting', 'mesh_size_zero', 'batch_indivisible',
     'mesh_mismatch', 'incompatible_checkpoint', 'corrupt_checkpoint', 'partial_checkpoint',
-    'resume_other_batch_size', 'resume_other_norm_groups', 'resume_other_seed',
+    'resume_other_batch_size', 'resume_other_norm_groups', 'resume_other_prediction',
+    'resume_other_seed',
     'unwritable_workdir'])
 def test_bad_input_fails_in_one_line_and_changes_nothing(outcomes, case):
   proc, expected, watched, before = outcomes[case]
