@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, train the default Fashion-MNIST config (about 23
-# minutes on an idle 2-core AMD EPYC, up to 53 on an Intel Xeon; rerun to resume), then draw a
+# minutes on an idle 2-core AMD EPYC, 25 to 53 on an Intel Xeon; rerun to resume), then draw a
 # guidance grid with the EMA weights.
 #
 #   bash launch/quickstart.sh [--config.KEY=VALUE ...]      # flags go to launch/train.py
