@@ -4,10 +4,11 @@
 workdirs/fmnist_p0.5/eval --out=docs/results/p_uncond
 
 Reads each folder's metrics.json (written by launch/evaluate.py), refuses sweeps measured
-differently (extractor, samples per w, sampler, steps, seed), and writes OUT.png (all runs on the
-trade-off axes) and OUT.md (FD-clf, score, class agreement, precision and recall per w; the
-lowest FD-clf of each run; FD-clf at equal class agreement and at equal score, interpolated along
-each curve), which it also prints. Paper §8: a worse p_uncond shows as a curve lying above the others.
+differently (extractor, samples per w, sampler, time grid, steps, seed), and writes OUT.png (all
+runs on the trade-off axes) and OUT.md (FD-clf, score, class agreement, precision and recall per
+w; the lowest FD-clf of each run; FD-clf at equal class agreement and at equal score, interpolated
+along each curve), which it also prints. Paper §8: a worse p_uncond shows as a curve lying above
+the others.
 """
 import json
 import os
@@ -23,7 +24,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension (.png and
 _LEVELS = flags.DEFINE_integer('levels', 4, 'Matched levels of class agreement and of score.')
 flags.mark_flags_as_required(['evals', 'out'])
 
-MUST_MATCH = ('num_samples_per_w', 'sampler', 'steps', 'seed', 'clip')
+MUST_MATCH = ('num_samples_per_w', 'sampler', 'grid', 'grid_logsnr', 'steps', 'seed', 'clip')
 
 
 def _load(folder):
@@ -42,9 +43,11 @@ def _check_comparable(results, folders):
   first = results[0]
   for result, folder in zip(results[1:], folders[1:]):
     for key in MUST_MATCH:
-      if result['settings'][key] != first['settings'][key]:
-        cli.fail(f'{folder} was measured with {key}={result["settings"][key]!r}, '
-                 f'{folders[0]} with {first["settings"][key]!r}; rerun one so they match')
+      # .get: sweeps written before the grid was recorded have none (None: unknown)
+      ours, theirs = result['settings'].get(key), first['settings'].get(key)
+      if ours != theirs:
+        cli.fail(f'{folder} was measured with {key}={ours!r}, {folders[0]} with {theirs!r}; '
+                 'rerun one so they match')
     if result['extractor']['description'] != first['extractor']['description']:
       cli.fail(f'{folder} and {folders[0]} used different feature extractors')
 

@@ -59,6 +59,8 @@ def compute():
   if 'norm_groups' in config.model:   # added after c9343e2, whose GroupNorms had gcd(width, 32)
     config.model.norm_groups = 32
   config.diffusion.prediction = 'eps'   # the Fashion-MNIST configs' until they took v (session 12)
+  config.sample.update(method='dpmpp2m', grid='edm', logsnr_min=-8.764,   # and their sampler
+                       logsnr_max=12.43)                                  # until session 14
   x = inputs()
   mesh = sharding.make_mesh({'data': 1, 'fsdp': 1}, jax.devices()[:1])
   built = train.build(config, mesh)

@@ -7,13 +7,14 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None):
+def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None, grid='edm'):
   """A metrics.json as launch/evaluate.py writes it, with class agreement 0.4, 0.6, 0.8."""
   rows = [{'w': w, 'fd_clf': fd, 'fd_clf_std': 0.1, 'inception_score': 4.0 + w,
            'class_agreement': a, 'precision': 0.7, 'recall': 0.7, 'num_samples': 2000,
            'extractor': 'toy'} for w, fd, a in zip((0.0, 1.0, 4.0), fds, (0.4, 0.6, 0.8))]
   settings = {'workdir': f'/runs/p{p_uncond}', 'checkpoint_step': 2000, 'p_uncond': p_uncond,
-              'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'steps': steps, 'seed': 0,
+              'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'grid': grid,
+              'grid_logsnr': [-8.764, 12.43], 'steps': steps, 'seed': 0,
               'clip': True, 'sample_settings': sample_settings or {}}
   os.makedirs(folder)
   with open(os.path.join(folder, 'metrics.json'), 'w', encoding='utf-8') as f:
@@ -47,6 +48,9 @@ def test_refuses_sweeps_measured_differently(tmp_path):
   assert result.returncode == 2
   assert 'steps=24' in result.stderr and 'steps' in result.stderr.strip().splitlines()[-1]
   assert not (tmp_path / 'cmp.md').exists()
+  c = _sweep(tmp_path / 'c', 0.5, (12.0, 11.0, 12.0), grid='cosine')
+  result = _compare(a, c, out=tmp_path / 'cmp')
+  assert result.returncode == 2 and "grid='cosine'" in result.stderr
 
 
 def test_sweeps_of_one_checkpoint_are_named_by_their_guidance_settings(tmp_path):

@@ -120,6 +120,9 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, 
       'workdir': os.path.abspath(workdir), 'checkpoint_step': ckpt_step,
       'p_uncond': config.train.p_uncond, 'guidance': list(ws), 'num_samples_per_w': num_samples,
       'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
+      'grid': settings.get('grid') or config.sample.grid,
+      'grid_logsnr': [float(a) for a in settings.get('logsnr_range')
+                      or (config.sample.logsnr_min, config.sample.logsnr_max)],
       'clip': config.sample.clip, 'seed': seed, 'ema': True, 'sample_settings': settings,
       'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
   }
