@@ -8,15 +8,17 @@ adopts what teaches more per CPU-minute on a 2,000-step budget (docs/RESULTS.md)
 with at most 8 groups (the paper's 32 leave one channel per group at this width: unguided
 FD-clf 3.84 against 1.88 with 8), no dropout, v-prediction (unguided FD-clf 1.52 and class
 agreement 0.802 against ε-prediction's 1.94 / 0.774; equal at the best w = 1) with min-SNR-5 loss
-weighting. It samples as the paper does (Algorithm 2, v = 0.3, uniform-u grid over λ ∈ [−20, 20])
-with 24 steps: on the same model that beat DPM-Solver++(2M) on EDM's ρ-grid at every w ≤ 1
-(unguided FD-clf 1.20 / class agreement 0.850 against 2.27 / 0.783; at the best w 0.69 against
-0.76), and DPM-Solver++(2M)'s best at 12 steps (0.66) came with 0.80 unguided agreement.
+weighting (these with 12 DPM-Solver++(2M) steps on EDM's grid). It samples as the paper does
+(Algorithm 2, v = 0.3, uniform-u grid over λ ∈ [−20, 20]) with 24 steps: on one model, at 24
+steps, that beat DPM-Solver++(2M) on EDM's ρ-grid at every w ≤ 0.5 (unguided FD-clf 1.20 / class
+agreement 0.850 against 2.27 / 0.783) and at each sampler's best w (0.69 at w = 0.5 against 0.76
+at w = 1); DPM-Solver++(2M)'s best at 12 steps (0.66) came with 0.80 unguided agreement.
 Adam at 2e-3 (1e-3 and 4e-3 measured worse), constant after warm-up (a cosine decay measured
 worse). The training λ distribution and range stay the paper's (EDM's log-normal σ, a logistic λ
-and the sampler's narrower λ range all measured worse), and so does the EMA's form: decay 0.998
-with the warm-up min(decay, (1 + t)/(10 + t)), which binds until step 4,490, so in a 2,000-step
-run the average is in effect EDM2's power EMA with γ ≈ 8 (σ_rel ≈ 0.09; EDM2's γ = 6.94: no gain).
+and EDM's narrower range λ ∈ [−8.76, 12.43] all measured worse), and so does the EMA's form:
+decay 0.998 with the warm-up min(decay, (1 + t)/(10 + t)), which binds until step 4,490, so in a
+2,000-step run the average is in effect EDM2's power EMA with γ ≈ 8 (σ_rel ≈ 0.09; EDM2's
+γ = 6.94: no gain).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
 (10,000 steps: about 1 h 43 min on an idle 2-core AVX-512 AMD EPYC, 0.613 s/step after the

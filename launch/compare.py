@@ -24,7 +24,8 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension (.png and
 _LEVELS = flags.DEFINE_integer('levels', 4, 'Matched levels of class agreement and of score.')
 flags.mark_flags_as_required(['evals', 'out'])
 
-MUST_MATCH = ('num_samples_per_w', 'sampler', 'grid', 'grid_logsnr', 'steps', 'seed', 'clip')
+MUST_MATCH = ('num_samples_per_w', 'sampler', 'variance_v', 'grid', 'grid_logsnr', 'steps', 'seed',
+              'clip')
 
 
 def _load(folder):
@@ -43,9 +44,8 @@ def _check_comparable(results, folders):
   first = results[0]
   for result, folder in zip(results[1:], folders[1:]):
     for key in MUST_MATCH:
-      # .get: sweeps written before the grid was recorded have none (None: unknown)
-      ours, theirs = result['settings'].get(key), first['settings'].get(key)
-      if ours != theirs:
+      ours, theirs = (r['settings'].get(key, 'not recorded') for r in (result, first))
+      if ours != theirs:   # sweeps from before session 14 did not record their time grid
         cli.fail(f'{folder} was measured with {key}={ours!r}, {folders[0]} with {theirs!r}; '
                  'rerun one so they match')
     if result['extractor']['description'] != first['extractor']['description']:

@@ -1,7 +1,7 @@
 """Fidelity and diversity of a trained workdir across guidance strength w.
 
   python launch/evaluate.py --workdir=workdirs/fmnist --guidance=0,0.1,0.2,0.3,0.5,1,2,4 \
-      --num_samples=2000 --steps=24 --sampler=dpmpp2m --out=workdirs/fmnist/eval
+      --num_samples=2000 --steps=24 --out=workdirs/fmnist/eval
 
 Samples N class-balanced images per w (sample i uses the same noise at every w), measures them in
 the reference classifier's feature space (trained automatically on first use, a few CPU

@@ -13,9 +13,10 @@ def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None, grid='edm'):
            'class_agreement': a, 'precision': 0.7, 'recall': 0.7, 'num_samples': 2000,
            'extractor': 'toy'} for w, fd, a in zip((0.0, 1.0, 4.0), fds, (0.4, 0.6, 0.8))]
   settings = {'workdir': f'/runs/p{p_uncond}', 'checkpoint_step': 2000, 'p_uncond': p_uncond,
-              'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'grid': grid,
-              'grid_logsnr': [-8.764, 12.43], 'steps': steps, 'seed': 0,
-              'clip': True, 'sample_settings': sample_settings or {}}
+              'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'variance_v': None, 'steps': steps,
+              'seed': 0, 'clip': True, 'sample_settings': sample_settings or {}}
+  if grid:   # launch/evaluate.py records its time grid since session 14
+    settings.update(grid=grid, grid_logsnr=[-8.764, 12.43])
   os.makedirs(folder)
   with open(os.path.join(folder, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump({'settings': settings, 'extractor': {'description': 'toy'}, 'reference': 'toy ref',
@@ -51,6 +52,9 @@ def test_refuses_sweeps_measured_differently(tmp_path):
   c = _sweep(tmp_path / 'c', 0.5, (12.0, 11.0, 12.0), grid='cosine')
   result = _compare(a, c, out=tmp_path / 'cmp')
   assert result.returncode == 2 and "grid='cosine'" in result.stderr
+  d = _sweep(tmp_path / 'd', 0.5, (12.0, 11.0, 12.0), grid=None)   # written before grids were
+  result = _compare(a, d, out=tmp_path / 'cmp')
+  assert result.returncode == 2 and "grid='not recorded'" in result.stderr
 
 
 def test_sweeps_of_one_checkpoint_are_named_by_their_guidance_settings(tmp_path):

@@ -82,3 +82,13 @@ def test_bfloat16_activations_keep_float32_statistics():
   want = _reference(np.asarray(x16, np.float32), params['scale'], params['bias'], 2, scale, shift)
   assert got.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-2)
+
+
+def test_constant_groups_give_the_modulated_bias():
+  """A group with one value throughout has variance 0 (the one-pass formula may round it below
+  0: it is clamped) and normalises to 0, leaving β·(1 + scale) + shift."""
+  norm, params, _, scale, shift = _inputs((2, 4, 4, 6), 3)
+  x = np.broadcast_to(np.float32([0.5, 0.5, -7.25, -7.25, 1024, 1024]), (2, 4, 4, 6))
+  got = norm.apply({'params': params}, x, (scale, shift))
+  want = params['bias'] * (1 + scale[:, None, None]) + shift[:, None, None]
+  np.testing.assert_allclose(got, np.broadcast_to(want, x.shape), rtol=1e-5, atol=1e-5)

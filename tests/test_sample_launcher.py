@@ -17,7 +17,7 @@ def test_streamed_samples_match_one_call_at_the_chosen_step(tmp_path):
                            '--per_class=4', '--classes=3,7', '--batch_size=8', '--cpu_devices=8',
                            f'--out={out}')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert '16 samples (2 w x 2 classes x 4), 8 dpmpp2m steps each: 256 network rows' in proc.stdout
+  assert '16 samples (2 w x 2 classes x 4), 8 ancestral steps each: 256 network rows' in proc.stdout
   saved = np.load(os.path.join(out, 'samples.npz'))
   np.testing.assert_array_equal(saved['labels'], [3] * 4 + [7] * 4 + [3] * 4 + [7] * 4)
   np.testing.assert_array_equal(saved['w'], [0] * 8 + [1.5] * 8)
