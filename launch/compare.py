@@ -24,8 +24,8 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension (.png and
 _LEVELS = flags.DEFINE_integer('levels', 4, 'Matched levels of class agreement and of score.')
 flags.mark_flags_as_required(['evals', 'out'])
 
-MUST_MATCH = ('num_samples_per_w', 'sampler', 'variance_v', 'grid', 'grid_logsnr', 'steps', 'seed',
-              'clip')
+MUST_MATCH = ('num_samples_per_w', 'sampler', 'variance_v', 'grid', 'grid_logsnr', 'grid_rho',
+              'steps', 'seed', 'clip')
 
 
 def _load(folder):

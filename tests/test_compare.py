@@ -7,7 +7,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None, grid='edm'):
+def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None, grid='edm', rho=7.0):
   """A metrics.json as launch/evaluate.py writes it, with class agreement 0.4, 0.6, 0.8."""
   rows = [{'w': w, 'fd_clf': fd, 'fd_clf_std': 0.1, 'inception_score': 4.0 + w,
            'class_agreement': a, 'precision': 0.7, 'recall': 0.7, 'num_samples': 2000,
@@ -16,7 +16,7 @@ def _sweep(folder, p_uncond, fds, steps=12, sample_settings=None, grid='edm'):
               'num_samples_per_w': 2000, 'sampler': 'dpmpp2m', 'variance_v': None, 'steps': steps,
               'seed': 0, 'clip': True, 'sample_settings': sample_settings or {}}
   if grid:   # launch/evaluate.py records its time grid since session 14
-    settings.update(grid=grid, grid_logsnr=[-8.764, 12.43])
+    settings.update(grid=grid, grid_logsnr=[-8.764, 12.43], grid_rho=rho)
   os.makedirs(folder)
   with open(os.path.join(folder, 'metrics.json'), 'w', encoding='utf-8') as f:
     json.dump({'settings': settings, 'extractor': {'description': 'toy'}, 'reference': 'toy ref',
@@ -55,6 +55,9 @@ def test_refuses_sweeps_measured_differently(tmp_path):
   d = _sweep(tmp_path / 'd', 0.5, (12.0, 11.0, 12.0), grid=None)   # written before grids were
   result = _compare(a, d, out=tmp_path / 'cmp')
   assert result.returncode == 2 and "grid='not recorded'" in result.stderr
+  e = _sweep(tmp_path / 'e', 0.5, (12.0, 11.0, 12.0), rho=5.0)
+  result = _compare(a, e, out=tmp_path / 'cmp')
+  assert result.returncode == 2 and 'grid_rho=5.0' in result.stderr
 
 
 def test_sweeps_of_one_checkpoint_are_named_by_their_guidance_settings(tmp_path):

@@ -47,6 +47,7 @@ def test_notebook_and_launcher_are_one_evaluation(tmp_path, monkeypatch):
   assert [drop(r) for r in cli['rows']] == [drop(r) for r in notebook['rows']]
   assert cli['real'] == notebook['real']
   assert drop_hw(cli['settings']) == drop_hw(notebook['settings'])   # devices: 8 vs the cores
+  assert (cli['settings']['grid'], cli['settings']['grid_logsnr']) == ('cosine', [-20.0, 20.0])
   assert report.format_table(cli['rows'], cli['real']) in proc.stdout
   assert f'wrote {out}/metrics.json, metrics.csv, tradeoff.png, grid.png' in proc.stdout
   assert {'metrics.csv', 'tradeoff.png', 'grid.png'} <= set(os.listdir(out))
