@@ -184,6 +184,19 @@ class Pipeline:
       null['text'] = tokenizer.encode(negative, self.config.model.text_max_len)
     return cond, null
 
+  def time_grid(self, grid=None, logsnr_range=None):
+    """The sampler's time grid (kind, (λ_min, λ_max), ρ): `grid` and `logsnr_range` where given,
+    else the config's `sample` group. Raises ValueError for a grid that cannot be used."""
+    s = self.config.sample
+    grid = grid or s.grid
+    logsnr_range = tuple(float(a) for a in (logsnr_range or (s.logsnr_min, s.logsnr_max)))
+    if grid not in sampling.GRIDS:
+      raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(sampling.GRIDS)}')
+    if not (np.all(np.isfinite(logsnr_range)) and logsnr_range[0] < logsnr_range[1]):
+      raise ValueError(f'the time grid\'s λ range must be finite and increasing, got '
+                       f'{logsnr_range}')
+    return grid, logsnr_range, float(s.rho)
+
   def sample(self, labels=None, w=TUNED, *, prompts=None, negative_prompts=None, embeddings=None,
              steps=None, method=None, seed=0, v=None, clip=None, grid=None, logsnr_range=None,
              batch_size=256, progress=False, first_index=0, **guidance_overrides):
@@ -205,13 +218,7 @@ class Pipeline:
     s = self.config.sample
     steps, method = steps or s.steps, method or s.method
     v, clip = s.v if v is None else v, s.clip if clip is None else clip
-    grid = grid or s.grid
-    logsnr_range = tuple(np.float32(a) for a in (logsnr_range or (s.logsnr_min, s.logsnr_max)))
-    if grid not in sampling.GRIDS:
-      raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(sampling.GRIDS)}')
-    if not (np.all(np.isfinite(logsnr_range)) and logsnr_range[0] < logsnr_range[1]):
-      raise ValueError(f'the time grid\'s λ range must be finite and increasing, got '
-                       f'{logsnr_range}')
+    grid, logsnr_range, rho = self.time_grid(grid, logsnr_range)
     if method not in sampling.METHODS:
       raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(sampling.METHODS)}')
     if isinstance(w, str) and w == TUNED:
@@ -236,8 +243,8 @@ class Pipeline:
       chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
       x = self.sample_batch(self.params, jax.tree.map(put, cond), chunk,
                             put(np.arange(first_index, first_index + n)), key, steps, v,
-                            logsnr_range, np.float32(s.rho), jax.tree.map(put, null), grid=grid,
-                            method=method, clip=clip)
+                            tuple(np.float32(a) for a in logsnr_range), np.float32(rho),
+                            jax.tree.map(put, null), grid=grid, method=method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
 

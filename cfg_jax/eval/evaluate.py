@@ -116,14 +116,12 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, 
 
   # --- Sweep, rewriting metrics.json after every w --------------------------------------------
   dev = jax.devices()[0]
-  grid = settings.get('grid') or config.sample.grid
+  grid, logsnr_range, rho = pipe.time_grid(settings.get('grid'), settings.get('logsnr_range'))
   run = {
       'workdir': os.path.abspath(workdir), 'checkpoint_step': ckpt_step,
       'p_uncond': config.train.p_uncond, 'guidance': list(ws), 'num_samples_per_w': num_samples,
       'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
-      'grid': grid, 'grid_rho': config.sample.rho if grid == 'edm' else None,
-      'grid_logsnr': [float(a) for a in settings.get('logsnr_range')
-                      or (config.sample.logsnr_min, config.sample.logsnr_max)],
+      'grid': grid, 'grid_logsnr': list(logsnr_range), 'grid_rho': rho if grid == 'edm' else None,
       'clip': config.sample.clip, 'seed': seed, 'ema': True, 'sample_settings': settings,
       'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
   }
