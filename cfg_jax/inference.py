@@ -7,7 +7,7 @@ a batch that does not divide by the device count is padded and the padding dropp
 """
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -16,6 +16,24 @@ import tqdm
 
 from cfg_jax import checkpoint, conditioning, diffusion, guidance, model as model_lib, sampling
 from cfg_jax import sharding, tokenizer, tuning
+
+
+class SamplerSettings(NamedTuple):
+  """A sampler call's settings, resolved (`Pipeline.sampler_settings`)."""
+  method: str
+  steps: int
+  v: float                 # the ancestral sampler's variance interpolation
+  grid: str
+  logsnr_range: tuple      # (λ_min, λ_max) of the time grid
+  rho: float               # the edm grid's ρ
+
+  def record(self):
+    """The settings as an evaluation's metrics.json records them (launch/compare.py matches
+    them); v and ρ only where the sampler and grid use them."""
+    return {'sampler': self.method, 'steps': self.steps,
+            'variance_v': self.v if self.method == 'ancestral' else None, 'grid': self.grid,
+            'grid_logsnr': list(self.logsnr_range),
+            'grid_rho': self.rho if self.grid == 'edm' else None}
 
 
 def eps_fn_for(model, params, prediction='eps', mesh=None, w=None):
@@ -184,18 +202,21 @@ class Pipeline:
       null['text'] = tokenizer.encode(negative, self.config.model.text_max_len)
     return cond, null
 
-  def time_grid(self, grid=None, logsnr_range=None):
-    """The sampler's time grid (kind, (λ_min, λ_max), ρ): `grid` and `logsnr_range` where given,
-    else the config's `sample` group. Raises ValueError for a grid that cannot be used."""
+  def sampler_settings(self, steps=None, method=None, v=None, grid=None, logsnr_range=None):
+    """What `sample` runs: the arguments where given, else the config's `sample` group. Raises
+    ValueError for a sampler or time grid that cannot be used."""
     s = self.config.sample
-    grid = grid or s.grid
+    method, grid = method or s.method, grid or s.grid
     logsnr_range = tuple(float(a) for a in (logsnr_range or (s.logsnr_min, s.logsnr_max)))
+    if method not in sampling.METHODS:
+      raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(sampling.METHODS)}')
     if grid not in sampling.GRIDS:
       raise ValueError(f'unknown time grid {grid!r}; choose one of {", ".join(sampling.GRIDS)}')
     if not (np.all(np.isfinite(logsnr_range)) and logsnr_range[0] < logsnr_range[1]):
       raise ValueError(f'the time grid\'s λ range must be finite and increasing, got '
                        f'{logsnr_range}')
-    return grid, logsnr_range, float(s.rho)
+    return SamplerSettings(method=method, steps=steps or s.steps, v=s.v if v is None else v,
+                           grid=grid, logsnr_range=logsnr_range, rho=float(s.rho))
 
   def sample(self, labels=None, w=TUNED, *, prompts=None, negative_prompts=None, embeddings=None,
              steps=None, method=None, seed=0, v=None, clip=None, grid=None, logsnr_range=None,
@@ -215,12 +236,8 @@ class Pipeline:
     never on `batch_size` or the device count, so a long request drawn in chunks
     (first_index = the chunk's start) is the same.
     """
-    s = self.config.sample
-    steps, method = steps or s.steps, method or s.method
-    v, clip = s.v if v is None else v, s.clip if clip is None else clip
-    grid, logsnr_range, rho = self.time_grid(grid, logsnr_range)
-    if method not in sampling.METHODS:
-      raise ValueError(f'unknown sampler {method!r}; choose one of {", ".join(sampling.METHODS)}')
+    run = self.sampler_settings(steps, method, v, grid, logsnr_range)
+    clip = self.config.sample.clip if clip is None else clip
     if isinstance(w, str) and w == TUNED:
       tuned = self.tuned or {}
       w = tuned.get('w', 0.0)
@@ -242,9 +259,9 @@ class Pipeline:
           np.pad(rows(a), [(0, pad)] + [(0, 0)] * (rows(a).ndim - 1), mode='edge'), batch)
       chunk = None if guide is None else jax.tree.map(put, per_example).replace(table=guide.table)
       x = self.sample_batch(self.params, jax.tree.map(put, cond), chunk,
-                            put(np.arange(first_index, first_index + n)), key, steps, v,
-                            tuple(np.float32(a) for a in logsnr_range), np.float32(rho),
-                            jax.tree.map(put, null), grid=grid, method=method, clip=clip)
+                            put(np.arange(first_index, first_index + n)), key, run.steps, run.v,
+                            tuple(np.float32(a) for a in run.logsnr_range), np.float32(run.rho),
+                            jax.tree.map(put, null), grid=run.grid, method=run.method, clip=clip)
       out.append(np.asarray(multihost_utils.process_allgather(x, tiled=True))[:stop - start])
     return np.concatenate(out) if out else np.zeros((0,) + self.shape, np.float32)
 

@@ -67,9 +67,11 @@ def _check_run_flags():
       raise SamplingFlagError(message)
 
 
-def steps_and_method(sample_config):
-  """The sampler's step count and method: the flags where given, else the config's."""
-  return STEPS.value or sample_config.steps, SAMPLER.value or sample_config.method
+def sampler_settings(pipe, settings):
+  """The sampler a launcher runs (`inference.SamplerSettings`): the flags where given, else the
+  config's; `settings`: the launcher's `overrides()`, for the time grid."""
+  return pipe.sampler_settings(STEPS.value, SAMPLER.value, VARIANCE_V.value,
+                               settings.get('grid'), settings.get('logsnr_range'))
 
 
 def overrides():

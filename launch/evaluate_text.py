@@ -90,8 +90,8 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
   from cfg_jax.eval import (classifier, features, metrics,  # pylint: disable=g-import-not-at-top
                             report)
   config, k = pipe.config, pipe.num_classes
-  dc, s = config.data, config.sample
-  steps, method = sampling_flags.steps_and_method(s)
+  dc = config.data
+  sampler = sampling_flags.sampler_settings(pipe, settings)
   seed = sampling_flags.SEED.value
   clf_dir = _CLASSIFIER.value or classifier.default_dir(dc.name)
   try:
@@ -110,8 +110,8 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
   def draw(w, texts, negative=None):
     """uint8 samples for `texts` at w (sample i: noise stream i of --seed at every w)."""
     x = pipe.sample(prompts=texts, w=np.full(len(texts), w, np.float32),
-                    negative_prompts=negative, steps=steps, method=method,
-                    v=sampling_flags.VARIANCE_V.value, seed=seed,
+                    negative_prompts=negative, steps=sampler.steps, method=sampler.method,
+                    v=sampler.v, seed=seed,
                     batch_size=sampling_flags.BATCH.value, progress=True, **settings)
     return data.to_uint8(x)
 
@@ -140,7 +140,7 @@ def _evaluate(pipe, ws, negative_ws, out, settings):
 
   report.write_json(os.path.join(out, 'metrics.json'), {
       'settings': {'workdir': os.path.abspath(_WORKDIR.value), 'step': _STEP.value,
-                   'sampler': method, 'steps': steps, 'seed': seed, 'num_samples': n,
+                   **sampler.record(), 'seed': seed, 'num_samples': n,
                    'sample_settings': settings,
                    'prompts': f'{_TEMPLATES.value} templates',
                    'templates': templates[_TEMPLATES.value],

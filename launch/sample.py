@@ -156,7 +156,8 @@ def main(argv):
     ws, settings = [pipe.tuned['w']], {**pipe.tuned.get('settings', {}), **settings}
     print(f'w = {ws[0]:g} (chosen for this checkpoint by a sweep: {_WORKDIR.value}/guidance.json)')
   ws = list(s.guidance) if ws is None else ws
-  steps, method = sampling_flags.steps_and_method(s)
+  sampler = sampling_flags.sampler_settings(pipe, settings)
+  steps, method = sampler.steps, sampler.method
   total = len(ws) * len(classes) * n
   size = total * (math.prod(pipe.shape) * 4 + 8)
   net_rows = total * steps * (1 if pipe.distilled else 2)

@@ -46,7 +46,7 @@ def test_evaluate_text_scores_prompts_and_the_negative_prompt(text_workdir, tmp_
   from test_classifier import tiny_classifier_dir   # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'eval')
   proc = launcher.run_tool('evaluate_text.py', f'--workdir={text_workdir}', '--guidance=0,2',
-                           '--num_samples=20', '--steps=2', '--templates=train',
+                           '--num_samples=20', '--steps=2', '--grid=logsnr', '--templates=train',
                            '--negative=dark', '--negative_guidance=1', '--cpu_devices=2',
                            f'--classifier_dir={tiny_classifier_dir()}', f'--out={out}')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,6 +60,9 @@ def test_evaluate_text_scores_prompts_and_the_negative_prompt(text_workdir, tmp_
     assert np.isclose(np.mean(row['per_class_agreement']), row['class_agreement'])
     assert all(f'{a}_agreement' in row for a in captions.ATTRIBUTES)
   assert result['settings']['templates'] == list(captions.TRAIN_TEMPLATES)
+  settings = result['settings']   # the sampler it ran: the flags, else the config's
+  assert (settings['sampler'], settings['steps'], settings['grid']) == ('ancestral', 2, 'logsnr')
+  assert settings['variance_v'] == 0.3 and settings['grid_rho'] is None
   assert not any(p.startswith(('a grey shot of', 'this ')) for p in result['example_prompts'])
   (negative,) = result['negative_prompt']
   assert negative['w'] == 1.0 and negative['attribute'] == 'brightness'

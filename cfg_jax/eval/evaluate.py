@@ -87,19 +87,18 @@ def evaluate_workdir(workdir, ws, *, num_samples=2000, step=None, steps=None, me
     raise EvalError(f'{workdir} is conditioned on {kinds}, not class labels alone; '
                     f'evaluate text models with launch/evaluate_text.py')
   ckpt_step = step if step is not None else checkpoint.manager(workdir, read_only=True).latest_step()
-  s = pipe.config.sample
-  steps, method = steps or s.steps, method or s.method
-  v = s.v if v is None else v
-  _check_size(pipe, ws, num_samples, steps, progress)
+  sampler = pipe.sampler_settings(steps, method, v, settings.get('grid'),
+                                  settings.get('logsnr_range'))
+  _check_size(pipe, ws, num_samples, sampler.steps, progress)
   os.makedirs(out, exist_ok=True)
   with workdir_lock.held(out):   # one sweep per folder: they share samples_w*.npz
-    return _evaluate(pipe, ws, ckpt_step, out, num_samples=num_samples, steps=steps,
-                     method=method, v=v, seed=seed, batch_size=batch_size, settings=settings,
+    return _evaluate(pipe, ws, ckpt_step, out, num_samples=num_samples, sampler=sampler,
+                     seed=seed, batch_size=batch_size, settings=settings,
                      classifier_dir=classifier_dir, classifier_steps=classifier_steps,
                      grid_per_class=grid_per_class, progress=progress, workdir=workdir)
 
 
-def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, batch_size,
+def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, sampler, seed, batch_size,
               settings, classifier_dir, classifier_steps, grid_per_class, progress, workdir):
   config, k = pipe.config, pipe.num_classes
   dc = config.data
@@ -116,13 +115,10 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, 
 
   # --- Sweep, rewriting metrics.json after every w --------------------------------------------
   dev = jax.devices()[0]
-  grid, logsnr_range, rho = pipe.time_grid(settings.get('grid'), settings.get('logsnr_range'))
   run = {
       'workdir': os.path.abspath(workdir), 'checkpoint_step': ckpt_step,
       'p_uncond': config.train.p_uncond, 'guidance': list(ws), 'num_samples_per_w': num_samples,
-      'sampler': method, 'steps': steps, 'variance_v': v if method == 'ancestral' else None,
-      'grid': grid, 'grid_logsnr': list(logsnr_range), 'grid_rho': rho if grid == 'edm' else None,
-      'clip': config.sample.clip, 'seed': seed, 'ema': True, 'sample_settings': settings,
+      **sampler.record(), 'clip': config.sample.clip, 'seed': seed, 'ema': True, 'sample_settings': settings,
       'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
   }
   header = {'settings': run, 'extractor': dict(extractor.meta, description=extractor.name),
@@ -135,8 +131,9 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, 
     done.append(row)
     report.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=done))
 
-  rows = sweep.sweep(pipe, extractor, reference, ws, num_samples, directory=out, steps=steps,
-                     method=method, v=v, seed=seed, batch_size=batch_size,
+  rows = sweep.sweep(pipe, extractor, reference, ws, num_samples, directory=out,
+                     steps=sampler.steps, method=sampler.method, v=sampler.v, seed=seed,
+                     batch_size=batch_size,
                      tag=f'{run["workdir"]}@{ckpt_step}', settings=settings, on_row=write,
                      progress=progress)
 
@@ -145,7 +142,7 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, steps, method, v, seed, 
   report.write_json(os.path.join(out, 'metrics.json'), dict(header, rows=rows, fd_differences=diffs))
   report.write_csv(os.path.join(out, 'metrics.csv'), rows, real)
   title = (f'{os.path.basename(os.path.normpath(workdir))} step {ckpt_step}, '
-           f'p_uncond={config.train.p_uncond}, {method} {steps} steps')
+           f'p_uncond={config.train.p_uncond}, {sampler.method} {sampler.steps} steps')
   report.plot_tradeoff(rows, os.path.join(out, 'tradeoff.png'), real, title)
   files = ('metrics.json', 'metrics.csv', 'tradeoff.png')
   per = min(grid_per_class, num_samples // k)
