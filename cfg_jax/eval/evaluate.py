@@ -118,7 +118,8 @@ def _evaluate(pipe, ws, ckpt_step, out, *, num_samples, sampler, seed, batch_siz
   run = {
       'workdir': os.path.abspath(workdir), 'checkpoint_step': ckpt_step,
       'p_uncond': config.train.p_uncond, 'guidance': list(ws), 'num_samples_per_w': num_samples,
-      **sampler.record(), 'clip': config.sample.clip, 'seed': seed, 'ema': True, 'sample_settings': settings,
+      **sampler.record(), 'clip': config.sample.clip, 'seed': seed, 'ema': True,
+      'sample_settings': settings,
       'hardware': f'{jax.device_count()} x {dev.device_kind} ({dev.platform})',
   }
   header = {'settings': run, 'extractor': dict(extractor.meta, description=extractor.name),
