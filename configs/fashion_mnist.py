@@ -19,8 +19,8 @@ and EDM's narrower range λ ∈ [−8.76, 12.43] all measured worse), and so doe
 decay 0.998 with the warm-up min(decay, (1 + t)/(10 + t)), which binds until step 4,490, so in a
 2,000-step run the average is in effect EDM2's power EMA with γ ≈ 8 (σ_rel ≈ 0.09; EDM2's
 γ = 6.94: no gain; rebuilt after the fact from one run's snapshots, γ = 16 is equal and γ ≤ 4
-worse). Adam's β₂ stays 0.999 (0.99 raised class agreement but worsened FD-clf at equal
-agreement).
+worse). Adam's β₂ stays 0.999 (0.99 raised class agreement, but its FD-clf was equal or worse at
+equal agreement).
 
 Variants: `:tiny` is a seconds-scale model for tests and smoke runs; `:long` trains 5x longer
 (10,000 steps: about 1 h 43 min on an idle 2-core AVX-512 AMD EPYC, 0.613 s/step after the
