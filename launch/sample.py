@@ -184,7 +184,7 @@ def main(argv):
       x = pipe.sample(labels[start:stop] if 'label' in kinds else None, w[start:stop],
                       prompts=None if prompts is None else row_prompts[start:stop].tolist(),
                       negative_prompts=_NEGATIVE.value, steps=steps, method=method,
-                      v=sampling_flags.VARIANCE_V.value, seed=sampling_flags.SEED.value,
+                      v=sampler.v, seed=sampling_flags.SEED.value,
                       batch_size=chunk, first_index=start, **settings)
       if writer:
         writer.write(x)
