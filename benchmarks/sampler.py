@@ -15,7 +15,7 @@ import functools
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cfg_jax import cli, runtime
@@ -142,6 +142,7 @@ def main(argv):
 
   result = {
       **cli.cpu_info(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'config': config.data.name, 'method': method, 'batch': b, 'timing_devices': len(devices),
       'platform': devices[0].platform, 'compile_s': round(compile_s, 2),
       'guided_step_s': round(per_step[True], 4), 'unguided_step_s': round(per_step[False], 4),
@@ -157,4 +158,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'nothing was measured')

@@ -16,7 +16,7 @@ import os
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cfg_jax import cli, runtime
@@ -127,6 +127,7 @@ def main(argv):
   step_s = statistics.median(times)
   result = {
       **cli.cpu_info(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
       'config': config.data.name, 'model_dtype': config.model.dtype,
       'global_batch': b, 'devices': mesh.size,
       'platform': jax.devices()[0].platform,
@@ -141,4 +142,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'nothing was measured')

@@ -148,7 +148,10 @@ def parse_flags(argv):
 
 
 def run(main, interrupted):
-  """app.run(main) with one-line flag errors; Ctrl-C ends with `interrupted` and exit 130."""
+  """app.run(main) with one-line flag errors; Ctrl-C ends with `interrupted` and exit 130.
+  First restarts the process with glibc's malloc asking for huge pages (runtime.py says why)."""
+  from cfg_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.restart_with_malloc_tunables()
   def guarded(argv):
     try:
       return main(argv)
@@ -168,6 +171,8 @@ def cpu_info():
       fields = dict(line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines() if ':' in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     model, flags_ = fields.get('model name', model), set(fields.get('flags', '').split())
+    if 'cpu family' in fields:  # one model name covers several generations ("AMD EPYC" under KVM)
+      model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
   except OSError:  # not Linux: the model from `platform`, AVX-512 unknown
     pass
   return {'cpu': model, 'avx512f': 'avx512f' in flags_ if flags_ else None,
