@@ -147,11 +147,50 @@ def parse_flags(argv):
     fail(f'cannot load the config file: {str(e).strip().splitlines()[-1].strip()}')
 
 
+# glibc's malloc hands XLA:CPU's large per-step buffers back to the kernel and gets them again as
+# fresh 4 KiB pages (about 150,000 page faults per default train step); asking for transparent
+# huge pages made that step about 30% faster on an AVX2 AMD EPYC (benchmarks/CPU_SPEED.md).
+# glibc >= 2.35 reads it when a process starts; transparent huge pages must not be `never`.
+MALLOC_TUNABLES = 'glibc.malloc.hugetlb=1'
+_THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+
+
+def _huge_pages_possible():
+  libc, version = platform.libc_ver()
+  try:
+    with open(_THP_MODE, encoding='utf-8') as f:
+      thp_never = '[never]' in f.read()
+  except OSError:
+    return False
+  return libc == 'glibc' and tuple(map(int, version.split('.')[:2])) >= (2, 35) and not thp_never
+
+
+def restart_with_malloc_tunables(environ=os.environ, execve=os.execve):
+  """Re-executes this script with MALLOC_TUNABLES added to GLIBC_TUNABLES, which glibc reads only
+  at start-up. Not when GLIBC_TUNABLES already names glibc.malloc.hugetlb (=0 opts out), where
+  huge pages cannot help, or where a restart would lose state (an interactive session, a
+  debugger or profiler, a script read from stdin). A failed exec only costs the speed-up."""
+  tunables = environ.get('GLIBC_TUNABLES', '')
+  script = sys.orig_argv[1:2]
+  if ('glibc.malloc.hugetlb' in tunables or not sys.executable or script in ([], ['-'])
+      or sys.flags.interactive or hasattr(sys, 'ps1') or 'IPython' in sys.modules
+      or sys.gettrace() or sys.getprofile() or not _huge_pages_possible()):
+    return
+  env = dict(environ, GLIBC_TUNABLES=':'.join(filter(None, [tunables, MALLOC_TUNABLES])))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  except OSError as e:
+    sys.stderr.write(f'warning: running without {MALLOC_TUNABLES} (restart failed: {e})\n')
+
+
 def run(main, interrupted):
   """app.run(main) with one-line flag errors; Ctrl-C ends with `interrupted` and exit 130.
-  First restarts the process with glibc's malloc asking for huge pages (runtime.py says why)."""
-  from cfg_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.restart_with_malloc_tunables()
+
+  First restarts the process with glibc's malloc asking for huge pages (MALLOC_TUNABLES).
+  """
+  restart_with_malloc_tunables()
   def guarded(argv):
     try:
       return main(argv)

@@ -1,8 +1,6 @@
 """Process-level set-up that must happen before JAX touches a device, and the stop signal."""
 import os
-import platform
 import signal
-import sys
 import threading
 
 import jax
@@ -22,26 +20,6 @@ def add_cpu_xla_flags(environ=os.environ):
   xla_flags = environ.get('XLA_FLAGS', '')
   extra = [f'--{name}={value}' for name, value in CPU_XLA_FLAGS.items() if name not in xla_flags]
   environ['XLA_FLAGS'] = ' '.join([xla_flags.strip()] + extra).strip()
-
-
-# glibc's malloc hands XLA:CPU's large per-step buffers back to the kernel and gets them again as
-# fresh 4 KiB pages (about 150,000 page faults per default train step); asking for transparent
-# huge pages made that step about 30% faster on an AVX2 AMD EPYC (benchmarks/CPU_SPEED.md). glibc
-# reads it only when a process starts (glibc >= 2.35; older ones ignore it).
-MALLOC_TUNABLES = 'glibc.malloc.hugetlb=1'
-
-
-def restart_with_malloc_tunables(environ=os.environ, execv=os.execv):
-  """Re-executes this program with MALLOC_TUNABLES added to GLIBC_TUNABLES, unless that already
-  names glibc.malloc.hugetlb (=0 opts out) or the C library is not glibc. Call first in a script:
-  every launcher does (cli.run), and shell launchers export the variable themselves."""
-  tunables = environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb' in tunables or platform.libc_ver()[0] != 'glibc':
-    return
-  environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [tunables, MALLOC_TUNABLES]))
-  sys.stdout.flush()
-  sys.stderr.flush()
-  execv(sys.executable, sys.orig_argv)
 
 
 def _distributed_requested(flag):
