@@ -1,4 +1,5 @@
 """What every command-line entry point shares: runtime flags, quiet logs, one-line errors, reports."""
+import builtins
 import json
 import logging
 import math
@@ -173,7 +174,7 @@ def restart_with_malloc_tunables(environ=os.environ, execve=os.execve):
   tunables = environ.get('GLIBC_TUNABLES', '')
   script = sys.orig_argv[1:2]
   if ('glibc.malloc.hugetlb' in tunables or not sys.executable or script in ([], ['-'])
-      or sys.flags.interactive or hasattr(sys, 'ps1') or 'IPython' in sys.modules
+      or sys.flags.interactive or hasattr(sys, 'ps1') or getattr(builtins, '__IPYTHON__', False)
       or sys.gettrace() or sys.getprofile() or not _huge_pages_possible()):
     return
   env = dict(environ, GLIBC_TUNABLES=':'.join(filter(None, [tunables, MALLOC_TUNABLES])))

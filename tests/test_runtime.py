@@ -26,7 +26,6 @@ def test_cpu_xla_flags_are_added_once_and_never_replace_the_users():
   assert _added(users) == users
 
 
-
 needs_huge_pages = pytest.mark.skipif(not cli._huge_pages_possible(),  # pylint: disable=protected-access
                                       reason='glibc < 2.35 or transparent huge pages off')
 
