@@ -141,8 +141,7 @@ def main(argv):
   collectives = sum(hlo.count(f' {op}(') + hlo.count(f' {op}-start(') for op in COLLECTIVES)
 
   result = {
-      **cli.cpu_info(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      **cli.host_info(),
       'config': config.data.name, 'method': method, 'batch': b, 'timing_devices': len(devices),
       'platform': devices[0].platform, 'compile_s': round(compile_s, 2),
       'guided_step_s': round(per_step[True], 4), 'unguided_step_s': round(per_step[False], 4),

@@ -126,8 +126,7 @@ def main(argv):
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
   result = {
-      **cli.cpu_info(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-      'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+      **cli.host_info(),
       'config': config.data.name, 'model_dtype': config.model.dtype,
       'global_batch': b, 'devices': mesh.size,
       'platform': jax.devices()[0].platform,

@@ -203,8 +203,9 @@ def run(main, interrupted):
   app.run(guarded, flags_parser=parse_flags)
 
 
-def cpu_info():
-  """The host CPU, printed beside every timing: machines of one kind differ (AVX-512 or not)."""
+def host_info():
+  """The host CPU and the process settings a timing depends on, printed beside every timing:
+  machines of one kind differ (AVX-512 or not), and so do XLA's flags and glibc's malloc."""
   model, flags_ = platform.processor() or platform.machine(), set()
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
@@ -216,7 +217,8 @@ def cpu_info():
   except OSError:  # not Linux: the model from `platform`, AVX-512 unknown
     pass
   return {'cpu': model, 'avx512f': 'avx512f' in flags_ if flags_ else None,
-          'cores': os.cpu_count()}
+          'cores': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', '')}
 
 
 def print_result(result, as_json):
