@@ -84,7 +84,8 @@ def base_config():
       log_every=50,
       checkpoint_every=1000,
       keep_checkpoints=3,
-      sample_every=0,         # also write a guidance grid every N steps (always at the end)
+      sample_every=0,         # also write a guidance grid every N steps
+      grid_at_end=True,       # and one when training ends (quickstart.sh draws its own instead)
   )
 
   config.sample = dict(
@@ -214,7 +215,7 @@ def _ranges(config):
       ('train.log_every', t.log_every, t.log_every >= 1, '>= 1'),
       ('train.checkpoint_every', t.checkpoint_every, t.checkpoint_every >= 1, '>= 1'),
       ('train.keep_checkpoints', t.keep_checkpoints, t.keep_checkpoints >= 1, '>= 1'),
-      ('train.sample_every', t.sample_every, t.sample_every >= 0, '>= 0 (0: only at the end)'),
+      ('train.sample_every', t.sample_every, t.sample_every >= 0, '>= 0 (0: none during training)'),
       ('sample.steps', s.steps, s.steps >= 2, '>= 2'),
       ('sample.v', s.v, 0.0 <= s.v <= 1.0, 'in [0, 1]'),
       ('sample.guidance', tuple(s.guidance),

@@ -207,7 +207,7 @@ def loop(config, workdir, mesh, built, batches, stop):
                     workdir)
         break
       if config.sample.per_class and 'embedding' not in config.condition.kinds and (
-          (t.sample_every and done % t.sample_every == 0) or done == t.num_steps):
+          (t.sample_every and done % t.sample_every == 0) or (t.grid_at_end and done == t.num_steps)):
         pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=built.model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:

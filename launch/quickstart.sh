@@ -13,5 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONFIG=${CONFIG:-configs/fashion_mnist.py}
 WORKDIR=${WORKDIR:-workdirs/fmnist}
 bash launch/setup_env.sh
-.venv/bin/python launch/train.py --config="$CONFIG" --workdir="$WORKDIR" "$@"
+# No end-of-run grid from the trainer: launch/sample.py below draws the same one (and its samples).
+.venv/bin/python launch/train.py --config="$CONFIG" --workdir="$WORKDIR" \
+    --config.train.grid_at_end=false "$@"
 .venv/bin/python launch/sample.py --workdir="$WORKDIR" --out="$WORKDIR/samples/final"

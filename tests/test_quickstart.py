@@ -39,6 +39,7 @@ def test_quickstart_runs_to_its_grid_on_a_fresh_copy(tmp_path):
 
   # Training reached its last step; the grid follows the tiny config: 4 w × 10 classes × 2.
   assert (workdir / 'checkpoints' / '20').is_dir()
+  assert not list((workdir / 'samples').glob('grid_*.png'))   # only launch/sample.py draws it
   final = workdir / 'samples' / 'final'
   assert (final / 'grid.png').stat().st_size > 1000
   with np.load(final / 'samples.npz') as f:

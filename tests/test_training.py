@@ -145,3 +145,15 @@ def test_resume_continues_step_ema_and_data_order(tmp_path):
     np.testing.assert_array_equal(a, b)
   # The EMA really moved away from the parameters it averages.
   assert not np.allclose(jax.tree.leaves(resumed.ema_params)[0], jax.tree.leaves(resumed.params)[0])
+
+
+@pytest.mark.parametrize('grid_at_end, drawn', [(True, [2, 4, 5]), (False, [2, 4])])
+def test_training_grids_every_sample_every_steps_and_at_the_end(tmp_path, monkeypatch,
+                                                                grid_at_end, drawn):
+  steps = []
+  monkeypatch.setattr(train, 'write_guidance_grid',
+                      lambda pipe, params, workdir, step: steps.append(step))
+  config = tiny_config(num_steps=5, sample_every=2, grid_at_end=grid_at_end)
+  config.sample.per_class = 1
+  train.train(config, str(tmp_path))
+  assert steps == drawn
