@@ -206,8 +206,9 @@ def loop(config, workdir, mesh, built, batches, stop):
         log.warning('%s: saved a checkpoint at step %d in %s and stopped', stop.received, done,
                     workdir)
         break
-      if config.sample.per_class and 'embedding' not in config.condition.kinds and (
-          (t.sample_every and done % t.sample_every == 0) or (t.grid_at_end and done == t.num_steps)):
+      grid_due = ((t.sample_every and done % t.sample_every == 0)
+                  or (t.grid_at_end and done == t.num_steps))
+      if config.sample.per_class and 'embedding' not in config.condition.kinds and grid_due:
         pipe = pipe or inference.Pipeline(config, state.ema_params, mesh, model=built.model)
         write_guidance_grid(pipe, state.ema_params, workdir, done)
   finally:
