@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, train the default Fashion-MNIST config (about 23
-# minutes on an idle 2-core AVX-512 AMD EPYC, 45 on an AVX2 one, 25 to 53 on an Intel Xeon;
-# rerun to resume), then draw a guidance grid with the EMA weights.
+# The main job on a fresh machine: set up, train the default Fashion-MNIST config (about 26
+# minutes on an idle 2-core AVX-512 AMD EPYC, 50 to 58 on an AVX2 one, 30 to 33 on an Intel
+# Xeon; README; rerun to resume), then draw a guidance grid with the EMA weights.
 #
 #   bash launch/quickstart.sh [--config.KEY=VALUE ...]      # flags go to launch/train.py
 #   CONFIG=configs/fashion_mnist.py:tiny WORKDIR=/tmp/smoke bash launch/quickstart.sh
