@@ -12,8 +12,8 @@ is the teacher's point 2j and the grids nest.
 
 Loss weighting (both stages): the teacher's `config.train.loss_weighting` on the squared error
 of the network's own output (ε or v) against the target turned into that parametrisation, as in
-training (`objective.weighted_mse`); for the default ε-teacher with min-SNR-5 that is a weight
-min(SNR, 5) on the x̂-error.
+training (`objective.weighted_mse`); for the default v-teacher with min-SNR-5 (and for an ε one) that
+is a weight min(SNR, 5) on the x̂-error.
 """
 import flax
 import jax
